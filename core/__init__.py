@@ -1,0 +1,1 @@
+"""rescenter core: order lifecycle, bus, store, scheduler, plugins, HTTP."""

@@ -1,0 +1,367 @@
+"""RabbitMQ through aio-pika.
+
+Topology, all durable:
+- `<exchange>` (topic): every message, routing key = its `type`. Its alternate
+  exchange `<exchange>.unrouted` keeps what no queue is bound to, so an event
+  nobody subscribes to yet is kept rather than dropped; a message even that
+  cannot take is returned by the broker and `publish` raises `Unroutable`.
+- `<prefix>.<group>`: one quorum queue per plugin (and one for the core), bound
+  only to the types that group subscribes to; `x-delivery-limit` caps
+  redeliveries; instances of the service compete on it.
+- `<prefix>.dead` (direct) -> `<prefix>.<group>.dead`: dead letters, each with
+  the reason in headers (`x-rescenter-reason`, `x-rescenter-error`), whether we
+  sent it there (invalid message, permanent error, retries exhausted) or the
+  broker did (`x-first-death-reason: delivery-limit`).
+
+One robust connection per process; one channel for publishing with confirms;
+one channel per consumer group with its own prefetch. Strong references to
+every declared queue are kept so that recovery after a reconnect restores them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    AbstractRobustExchange,
+    AbstractRobustQueue,
+)
+from aio_pika.exceptions import DeliveryError
+
+from core.errors import RescenterError, Unavailable
+from core.locks import KeyedLocks
+from core.messages import Catalogue, Envelope, MessageData
+from core.metrics import Metrics
+from core.settings import BusSettings
+
+log = structlog.get_logger("rescenter.bus")
+
+Handler = Callable[[Envelope, MessageData], Awaitable[None]]
+
+
+class Unroutable(Unavailable):
+    """The broker returned a message that no queue could take."""
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A plugin's declaration: these types (topic patterns) go to this handler."""
+
+    types: tuple[str, ...]
+    handler: Handler
+
+    def matches(self, type_: str) -> bool:
+        return any(_topic_match(pattern, type_) for pattern in self.types)
+
+
+def _topic_match(pattern: str, key: str) -> bool:
+    if "#" not in pattern and "*" not in pattern:
+        return pattern == key
+    regex = re.escape(pattern).replace(r"\#", ".*").replace(r"\*", "[^.]+")
+    return re.fullmatch(regex, key) is not None
+
+
+@dataclass
+class ConsumerGroup:
+    name: str
+    subscriptions: list[Subscription]
+    channel: AbstractRobustChannel | None = None
+    queue: AbstractRobustQueue | None = None
+    consumer_tag: str | None = None
+    inflight: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def handler_for(self, type_: str) -> Handler | None:
+        for subscription in self.subscriptions:
+            if subscription.matches(type_):
+                return subscription.handler
+        return None
+
+    @property
+    def bindings(self) -> list[str]:
+        return sorted({t for s in self.subscriptions for t in s.types})
+
+
+class Bus:
+    def __init__(self, settings: BusSettings, catalogue: Catalogue, metrics: Metrics) -> None:
+        self.settings = settings
+        self.catalogue = catalogue
+        self.metrics = metrics
+        self.connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractRobustChannel | None = None
+        self._exchange: AbstractRobustExchange | None = None
+        self._dead_exchange: AbstractRobustExchange | None = None
+        self._declared: list[Any] = []  # strong references, for recovery
+        self.groups: dict[str, ConsumerGroup] = {}
+        self._locks = KeyedLocks()
+        self._closing = False
+
+    # ------------------------------------------------------------ topology
+
+    @property
+    def exchange_name(self) -> str:
+        return self.settings.exchange
+
+    def queue_name(self, group: str) -> str:
+        return f"{self.settings.queue_prefix}.{group}"
+
+    def dead_queue_name(self, group: str) -> str:
+        return f"{self.queue_name(group)}.dead"
+
+    @property
+    def dead_exchange_name(self) -> str:
+        return f"{self.settings.queue_prefix}.dead"
+
+    @property
+    def unrouted_name(self) -> str:
+        return f"{self.settings.exchange}.unrouted"
+
+    async def connect(self) -> None:
+        self.connection = await aio_pika.connect_robust(
+            self.settings.url,
+            client_properties={"connection_name": "rescenter"},
+            reconnect_interval=1,
+        )
+        self._publish_channel = await self.connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        unrouted_exchange = await self._publish_channel.declare_exchange(
+            self.unrouted_name, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        unrouted = await self._publish_channel.declare_queue(
+            self.unrouted_name,
+            durable=True,
+            arguments={"x-max-length": self.settings.unrouted_max_length, "x-overflow": "drop-head"},
+        )
+        await unrouted.bind(unrouted_exchange)
+        self._exchange = await self._publish_channel.declare_exchange(
+            self.exchange_name,
+            aio_pika.ExchangeType.TOPIC,
+            durable=True,
+            arguments={"alternate-exchange": self.unrouted_name},
+        )
+        self._dead_exchange = await self._publish_channel.declare_exchange(
+            self.dead_exchange_name, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        self._declared += [unrouted_exchange, unrouted, self._exchange, self._dead_exchange]
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.connection and not self.connection.is_closed and self._publish_channel
+                    and not self._publish_channel.is_closed)
+
+    async def declare_group(self, name: str, subscriptions: list[Subscription]) -> ConsumerGroup:
+        """Declare the group's queue, its dead-letter queue and its bindings."""
+        assert self.connection and self._exchange and self._dead_exchange
+        group = ConsumerGroup(name, subscriptions)
+        group.channel = await self.connection.channel(publisher_confirms=False)
+        await group.channel.set_qos(prefetch_count=self.settings.prefetch)
+        queue_name = self.queue_name(name)
+        dead = await group.channel.declare_queue(
+            self.dead_queue_name(name), durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await dead.bind(self.dead_exchange_name, routing_key=queue_name)
+        group.queue = await group.channel.declare_queue(
+            queue_name,
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-delivery-limit": self.settings.delivery_limit,
+                "x-dead-letter-exchange": self.dead_exchange_name,
+                "x-dead-letter-routing-key": queue_name,
+            },
+        )
+        for pattern in group.bindings:
+            await group.queue.bind(self.exchange_name, routing_key=pattern)
+        self._declared += [dead, group.queue]
+        self.groups[name] = group
+        return group
+
+    # ------------------------------------------------------------ publishing
+
+    async def publish(self, envelope: Envelope, *, timeout: float = 10.0) -> None:
+        """Publish and wait for the broker's confirm; raise if it was not taken."""
+        if self._exchange is None:
+            raise Unavailable("the bus is not connected")
+        message = aio_pika.Message(
+            envelope.body(),
+            content_type="application/cloudevents+json",
+            message_id=envelope.id,
+            type=envelope.type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                await self._exchange.publish(message, routing_key=envelope.type, mandatory=True)
+        except DeliveryError as exc:
+            if exc.frame is not None and hasattr(exc.frame, "reply_text"):
+                raise Unroutable(f"{envelope.type} was returned: {exc.frame.reply_text}") from exc
+            raise Unavailable(f"{envelope.type} was not confirmed by the broker") from exc
+        except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            raise Unavailable(f"cannot publish {envelope.type}: {exc!r}") from exc
+        self.metrics.published.labels(envelope.type).inc()
+
+    async def _dead_letter(
+        self, group: ConsumerGroup, message: AbstractIncomingMessage, reason: str, error: str
+    ) -> None:
+        assert self._dead_exchange
+        headers = dict(message.headers or {})
+        headers.update(
+            {
+                "x-rescenter-reason": reason,
+                "x-rescenter-error": error[:2000],
+                "x-rescenter-queue": self.queue_name(group.name),
+                "x-rescenter-routing-key": message.routing_key or "",
+                "x-rescenter-dead-at": time.time(),
+            }
+        )
+        dead = aio_pika.Message(
+            message.body,
+            headers=headers,
+            content_type=message.content_type,
+            message_id=message.message_id,
+            type=message.type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        async with asyncio.timeout(10):
+            await self._dead_exchange.publish(
+                dead, routing_key=self.queue_name(group.name), mandatory=True
+            )
+        self.metrics.dead_lettered.labels(group.name, reason).inc()
+
+    # ------------------------------------------------------------ consuming
+
+    async def start_consuming(self, name: str) -> None:
+        group = self.groups[name]
+        if group.consumer_tag is not None or group.queue is None or not group.bindings:
+            return
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            group.inflight.add(task)
+            try:
+                await self._handle(group, message)
+            finally:
+                group.inflight.discard(task)
+
+        group.consumer_tag = await group.queue.consume(on_message)
+        log.info("consumer started", plugin=name, queue=group.queue.name)
+
+    async def stop_consuming(self, name: str, *, grace: float | None = None) -> None:
+        """Cancel the group's consumer, then wait for its in-flight messages."""
+        group = self.groups.get(name)
+        if group is None or group.consumer_tag is None or group.queue is None:
+            return
+        tag, group.consumer_tag = group.consumer_tag, None
+        with contextlib.suppress(Exception):
+            await group.queue.cancel(tag)
+        await self._drain(group, grace)
+        log.info("consumer stopped", plugin=name)
+
+    async def _drain(self, group: ConsumerGroup, grace: float | None) -> None:
+        grace = self.settings.shutdown_grace.total_seconds() if grace is None else grace
+        if group.inflight:
+            done, pending = await asyncio.wait(set(group.inflight), timeout=grace)
+            if pending:
+                log.warning("shutdown grace ran out; unacked messages go back to the queue",
+                            plugin=group.name, pending=len(pending))
+
+    async def _handle(self, group: ConsumerGroup, message: AbstractIncomingMessage) -> None:
+        started = time.perf_counter()
+        try:
+            envelope, data = self.catalogue.parse(message.body)
+        except RescenterError as exc:
+            structlog.contextvars.bind_contextvars(
+                message_id=message.message_id, type=message.type or message.routing_key,
+                plugin=group.name,
+            )
+            log.warning("invalid message dead-lettered", error=exc.detail)
+            await self._settle_dead(group, message, "invalid", exc.detail)
+            return
+        structlog.contextvars.bind_contextvars(
+            message_id=envelope.id, type=envelope.type, order_id=envelope.subject, plugin=group.name
+        )
+        handler = group.handler_for(envelope.type)
+        if handler is None:
+            await self._settle_dead(group, message, "unhandled", f"no handler for {envelope.type}")
+            return
+        outcome = "ok"
+        try:
+            async with self._locks.hold(envelope.subject):
+                await handler(envelope, data)
+        except RescenterError as exc:
+            if exc.permanent:
+                outcome = "rejected"
+                log.warning("message refused by a rule; dead-lettered", error=exc.detail, rule=exc.rule)
+                await self._settle_dead(group, message, "rejected", _describe(exc))
+            else:
+                outcome = "retry"
+                await self._retry(group, message, exc)
+        except Exception as exc:  # a bug or an outage: retry up to the delivery limit
+            outcome = "retry"
+            log.exception("handler failed")
+            await self._retry(group, message, exc)
+        else:
+            await _quietly(message.ack())
+        finally:
+            self.metrics.consumed.labels(group.name, envelope.type, outcome).inc()
+            self.metrics.handler_seconds.labels(group.name).observe(time.perf_counter() - started)
+
+    async def _retry(self, group: ConsumerGroup, message: AbstractIncomingMessage, exc: BaseException) -> None:
+        deliveries = int((message.headers or {}).get("x-delivery-count", 0) or 0) + 1
+        if deliveries >= self.settings.delivery_limit:
+            log.error("delivery limit reached; dead-lettered", deliveries=deliveries)
+            await self._settle_dead(group, message, "delivery_limit", _describe(exc))
+            return
+        await asyncio.sleep(self.settings.retry_delay.total_seconds() * deliveries)
+        await _quietly(message.nack(requeue=True))
+
+    async def _settle_dead(
+        self, group: ConsumerGroup, message: AbstractIncomingMessage, reason: str, error: str
+    ) -> None:
+        try:
+            await self._dead_letter(group, message, reason, error)
+        except Exception:
+            # Could not keep it with its reason: let the broker dead-letter it (reason "rejected").
+            log.exception("dead-letter publish failed; rejecting to the broker's dead-letter queue")
+            await _quietly(message.reject(requeue=False))
+            return
+        await _quietly(message.ack())
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def close(self) -> None:
+        self._closing = True
+        for name in list(self.groups):
+            await self.stop_consuming(name)
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                await self.connection.close()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, RescenterError):
+        return f"{exc.rule + ': ' if exc.rule else ''}{exc.detail}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def _quietly(awaitable: Awaitable[Any]) -> None:
+    """Ack/nack on a channel that died meanwhile: the broker redelivers; handlers are idempotent."""
+    try:
+        await awaitable
+    except Exception as exc:
+        log.warning("could not settle message; it will be redelivered", error=repr(exc))
+
+
+__all__ = ["Bus", "Subscription", "Unroutable"]

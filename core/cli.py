@@ -1,0 +1,171 @@
+"""The `rescenter` command.
+
+    rescenter run                      run the service (HTTP, consumers, scheduler)
+    rescenter plugins list             loaded plugins and whether they are on
+    rescenter plugins enable NAME      switch a plugin on for every instance
+    rescenter plugins disable NAME     switch a plugin off for every instance
+    rescenter docs [--check]           write (or check) docs/openapi.json and docs/asyncapi.json
+    rescenter token SUB ROLE...        mint a development token with the configured secret
+    rescenter check-config             validate the configuration and print it
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from core.settings import Settings, SettingsError, load_settings
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rescenter", description="Order resolution service.")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the service")
+    plugins = sub.add_parser("plugins", help="list or switch plugins")
+    plugins_sub = plugins.add_subparsers(dest="action", required=True)
+    plugins_sub.add_parser("list")
+    for action in ("enable", "disable"):
+        p = plugins_sub.add_parser(action)
+        p.add_argument("name")
+    docs = sub.add_parser("docs", help="write the OpenAPI and AsyncAPI documents")
+    docs.add_argument("--check", action="store_true", help="fail if the files in docs/ are stale")
+    token = sub.add_parser("token", help="mint a development token")
+    token.add_argument("sub")
+    token.add_argument("roles", nargs="+")
+    token.add_argument("--ttl", type=int, default=3600)
+    sub.add_parser("check-config", help="validate the configuration")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"rescenter: {exc}", file=sys.stderr)
+        return 2
+    from core.logging import configure_logging
+
+    configure_logging(args.log_level)
+    if args.command == "run":
+        return asyncio.run(_run(settings))
+    if args.command == "plugins":
+        return asyncio.run(_plugins(settings, args.action, getattr(args, "name", None)))
+    if args.command == "docs":
+        return _docs(settings, check=args.check)
+    if args.command == "token":
+        from core.http.auth import issue_token
+
+        print(issue_token(settings.auth, args.sub, args.roles, ttl=args.ttl))
+        return 0
+    if args.command == "check-config":
+        print(settings.model_dump_json(indent=2, exclude={"auth": {"secret"}}))
+        return 0
+    return 2
+
+
+async def _run(settings: Settings) -> int:
+    from core.service import Service
+
+    service = Service(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    print(f"rescenter listening on http://{settings.http.host}:{service.port}", file=sys.stderr)
+    await stop.wait()
+    await service.stop()
+    return 0
+
+
+async def _plugins(settings: Settings, action: str, name: str | None) -> int:
+    """Admin tasks straight on the store: running instances follow within seconds."""
+    from core.plugins import STATES, PluginRegistry
+    from core.metrics import Metrics
+    from core.store import Store
+    from core.clock import utcnow
+
+    store = Store(settings.store.url, settings.store.database)
+    try:
+        registry = PluginRegistry(settings.plugins, store, Metrics())
+        registry.load()
+        if action == "list":
+            stored = {d["_id"]: d async for d in store.collection(STATES).find({})}
+            for row in registry.describe():
+                if row["loaded"]:
+                    on = stored.get(row["name"], {}).get("enabled", registry.default_enabled(row["name"]))
+                    print(f"{row['name']:<16} {'on' if on else 'off'}")
+                else:
+                    print(f"{row['name']:<16} failed: {row['error']}")
+            return 0
+        assert name is not None
+        if name not in registry.modules:
+            print(f"rescenter: no plugin named {name!r} is loaded", file=sys.stderr)
+            return 1
+        await store.collection(STATES).update_one(
+            {"_id": name},
+            {"$set": {"enabled": action == "enable", "changed_at": utcnow(), "changed_by": "cli"}},
+            upsert=True,
+        )
+        print(f"{name}: {'on' if action == 'enable' else 'off'} (running instances follow within "
+              f"{settings.plugins.poll_interval.total_seconds():g} s)")
+        return 0
+    finally:
+        await store.close()
+
+
+def documents(settings: Settings) -> dict[str, Any]:
+    """Build both documents without servers: catalogue and routes from the plugins."""
+    import dataclasses
+
+    from core.http.core_routes import core_routes
+    from core.http.openapi import openapi_document
+    from core.messages import asyncapi_document, core_catalogue
+    from core.metrics import Metrics
+    from core.plugins import PluginRegistry
+
+    class _NoStore:
+        def collection(self, name: str) -> None:
+            return None
+
+    registry = PluginRegistry(settings.plugins, _NoStore(), Metrics())  # type: ignore[arg-type]
+    registry.load()
+    catalogue = core_catalogue()
+    for result in registry.call_each("register_message_types"):
+        for mt in result.value:
+            catalogue.add(dataclasses.replace(mt, owner=result.plugin))
+    routes = core_routes()
+    for result in registry.call_each("register_routes", services=None):
+        routes += [dataclasses.replace(r, plugin=result.plugin) for r in result.value]
+    return {
+        "openapi.json": openapi_document(routes),
+        "asyncapi.json": asyncapi_document(catalogue, settings.bus.exchange),
+    }
+
+
+def _docs(settings: Settings, *, check: bool) -> int:
+    stale = []
+    for name, document in documents(settings).items():
+        text = json.dumps(document, indent=2, sort_keys=False) + "\n"
+        path = DOCS / name
+        if check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(name)
+        else:
+            DOCS.mkdir(exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path}")
+    if stale:
+        print(f"rescenter: stale documents: {', '.join(stale)}; run `rescenter docs`", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The aiohttp application: one table of routes (core's and plugins'), each
+wrapped with the same steps: plugin switched on? token? role? strict body?
+Every error leaves as RFC 9457 problem+json."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from core.errors import Forbidden, NotFound, PluginDisabled, RescenterError
+from core.http.auth import Authenticator
+from core.http.routes import Call, Route, parse_body
+
+log = structlog.get_logger("rescenter.http")
+
+PROBLEM_TYPE = "application/problem+json"
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def json_response(payload: Any, status: int = 200, **kwargs: Any) -> web.Response:
+    return web.json_response(payload, status=status, dumps=lambda v: json.dumps(v, default=_default), **kwargs)
+
+
+def problem_response(problem: dict[str, Any], instance: str | None = None) -> web.Response:
+    if instance:
+        problem.setdefault("instance", instance)
+    return web.Response(
+        text=json.dumps(problem, default=_default), status=problem["status"], content_type=PROBLEM_TYPE
+    )
+
+
+@web.middleware
+async def problems_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    started = time.perf_counter()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    metrics = request.app["services"].metrics
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except RescenterError as exc:
+        status = exc.status
+        if exc.status >= 500:
+            log.warning("request failed", path=request.path, error=exc.detail)
+        return problem_response(exc.to_problem(), request.path)
+    except web.HTTPException as exc:
+        status = exc.status
+        if exc.status < 400:
+            raise
+        problem = {
+            "type": "about:blank", "title": exc.reason, "status": exc.status,
+            "detail": exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason,
+        }
+        if exc.status == 413:
+            problem["detail"] = f"the body is larger than {request.app['max_body_bytes']} bytes"
+        response = problem_response(problem, request.path)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except Exception:
+        log.exception("unhandled error", path=request.path)
+        return problem_response(
+            {"type": "about:blank", "title": "Internal Server Error", "status": 500,
+             "detail": "an unexpected error occurred; it has been logged"}, request.path)
+    finally:
+        metrics.http_requests.labels(request.method, route, str(status)).inc()
+        metrics.http_seconds.labels(route).observe(time.perf_counter() - started)
+
+
+def _wrap(route: Route, authenticator: Authenticator) -> Any:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        services = request.app["services"]
+        if route.plugin != "core" and route.plugin not in services.plugins.enabled:
+            raise PluginDisabled(f"the {route.plugin} plugin is switched off", plugin=route.plugin)
+        principal = None
+        if route.roles is not None:
+            principal = authenticator.authenticate(request.headers.get("Authorization"))
+            if not principal.has_any(route.roles):
+                raise Forbidden(f"this needs one of the roles: {', '.join(sorted(route.roles))}")
+        body = await parse_body(request, route.body) if route.body is not None else None
+        if principal is not None:
+            structlog.contextvars.bind_contextvars(user=principal.id)
+        result = await route.handler(Call(request, principal, body, services))
+        if route.raw:
+            return result
+        return json_response(result, status=route.status)
+
+    handle.__name__ = getattr(route.handler, "__name__", "handle")
+    return handle
+
+
+def build_app(services: Any, routes: list[Route]) -> web.Application:
+    settings = services.settings
+    app = web.Application(
+        middlewares=[problems_middleware], client_max_size=settings.http.max_body_bytes
+    )
+    app["services"] = services
+    app["routes"] = routes
+    app["max_body_bytes"] = settings.http.max_body_bytes
+    authenticator = Authenticator(settings.auth)
+    seen: set[tuple[str, str]] = set()
+    for route in routes:
+        key = (route.method, route.path)
+        if key in seen:
+            raise ValueError(f"route {route.method} {route.path} is declared twice")
+        seen.add(key)
+        app.router.add_route(route.method, route.path, _wrap(route, authenticator))
+    return app
+
+
+__all__ = ["build_app", "json_response", "problem_response", "NotFound"]

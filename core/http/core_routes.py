@@ -1,0 +1,270 @@
+"""The core's routes: orders (ORD-*), admin (plugins, test clock), system."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import AwareDatetime, Field, model_validator
+
+from core.errors import InvalidInput, RuleViolation, Unavailable
+from core.http.openapi import openapi_document
+from core.http.routes import ALL_ROLES, Body, Call, Route
+from core.messages import Money, PlaceOrder, asyncapi_document, new_id
+from core.orders import public_view
+
+ADMIN = frozenset({"admin"})
+PARTIES = frozenset({"buyer", "seller", "support", "admin", "service"})
+
+
+# ---------------------------------------------------------------- bodies
+
+
+class PlaceOrderBody(Body):
+    seller_id: str = Field(min_length=1, max_length=200)
+    gig_id: str = Field(min_length=1, max_length=200)
+    price: Money
+    delivery_days: int = Field(ge=1, le=365)
+    buyer_id: str | None = Field(default=None, min_length=1, max_length=200,
+                                 description="Only services and support set it; a buyer orders for themselves.")
+
+
+class RequirementsBody(Body):
+    requirements: str = Field(min_length=1, max_length=20_000)
+
+
+class DeliveryBody(Body):
+    message: str = Field(default="", max_length=20_000)
+    attachments: list[str] = Field(default_factory=list, max_length=50)
+
+
+class RevisionBody(Body):
+    reason: str = Field(min_length=1, max_length=5_000)
+
+
+class CancelBody(Body):
+    reason: str = Field(min_length=1, max_length=5_000)
+
+
+class PluginSwitchBody(Body):
+    enabled: bool
+
+
+class AdvanceClockBody(Body):
+    to: AwareDatetime | None = None
+    by: timedelta | None = Field(default=None, description="ISO 8601 duration, e.g. PT48H")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> AdvanceClockBody:
+        if (self.to is None) == (self.by is None):
+            raise ValueError("give exactly one of 'to' and 'by'")
+        if self.by is not None and self.by <= timedelta(0):
+            raise ValueError("'by' must be a positive duration")
+        return self
+
+
+# ---------------------------------------------------------------- orders
+
+
+async def place_order(call: Call) -> dict[str, Any]:
+    body: PlaceOrderBody = call.body
+    principal = call.principal
+    assert principal is not None
+    if principal.is_staff:
+        if body.buyer_id is None:
+            raise InvalidInput("buyer_id is required when staff or a service places an order")
+        buyer_id = body.buyer_id
+    else:
+        if "buyer" not in principal.roles:
+            raise RuleViolation("only buyers place orders", rule="ORD-5")
+        if body.buyer_id not in (None, principal.id):
+            raise InvalidInput("a buyer places orders for themselves: leave buyer_id out")
+        buyer_id = principal.id
+    key = call.idempotency_key
+    order_id = new_id() if key is None else _stable_id(key)
+    command = PlaceOrder(order_id=order_id, buyer_id=buyer_id, seller_id=body.seller_id,
+                         gig_id=body.gig_id, price=body.price, delivery_days=body.delivery_days)
+    order = await call.services.orders.place(command, call.actor("buyer"), message_id=key)
+    return public_view(order)
+
+
+def _stable_id(key: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+async def get_order(call: Call) -> dict[str, Any]:
+    order = await call.services.orders.get(call.match["order_id"], call.actor())
+    return public_view(order)
+
+
+async def get_timeline(call: Call) -> dict[str, Any]:
+    order = await call.services.orders.get(call.match["order_id"], call.actor())
+    return {"order_id": order["_id"], "state": order["state"], "entries": order.get("timeline", [])}
+
+
+async def list_orders(call: Call) -> dict[str, Any]:
+    role = call.request.query.get("as", "buyer")
+    if role not in ("buyer", "seller"):
+        raise InvalidInput("'as' must be buyer or seller")
+    orders = await call.services.orders.list_for(call.actor(role), role=role)
+    return {"orders": [public_view(o) for o in orders]}
+
+
+async def submit_requirements(call: Call) -> dict[str, Any]:
+    order = await call.services.orders.submit_requirements(
+        call.match["order_id"], call.actor("buyer"), call.body.requirements, message_id=call.idempotency_key)
+    return public_view(order)
+
+
+async def deliver(call: Call) -> dict[str, Any]:
+    order = await call.services.orders.deliver(
+        call.match["order_id"], call.actor("seller"), call.body.message, call.body.attachments,
+        message_id=call.idempotency_key)
+    return public_view(order)
+
+
+async def accept(call: Call) -> dict[str, Any]:
+    order = await call.services.orders.accept(call.match["order_id"], call.actor("buyer"),
+                                              message_id=call.idempotency_key)
+    return public_view(order)
+
+
+async def request_revision(call: Call) -> dict[str, Any]:
+    order = await call.services.orders.request_revision(
+        call.match["order_id"], call.actor("buyer"), call.body.reason, message_id=call.idempotency_key)
+    return public_view(order)
+
+
+async def cancel(call: Call) -> dict[str, Any]:
+    order = await call.services.orders.cancel(
+        call.match["order_id"], call.actor(), cause="support", reason=call.body.reason,
+        message_id=call.idempotency_key)
+    return public_view(order)
+
+
+# ---------------------------------------------------------------- admin
+
+
+async def list_plugins(call: Call) -> dict[str, Any]:
+    return {"plugins": call.services.plugins.describe()}
+
+
+async def switch_plugin(call: Call) -> dict[str, Any]:
+    services = call.services
+    name = call.match["name"]
+    await services.plugins.switch(name, call.body.enabled, call.actor(), services.outbox, services.clock)
+    return next(p for p in services.plugins.describe() if p["name"] == name)
+
+
+async def get_clock(call: Call) -> dict[str, Any]:
+    clock = call.services.clock
+    return {"mode": clock.mode, "now": clock.now()}
+
+
+async def advance_clock(call: Call) -> dict[str, Any]:
+    services = call.services
+    if services.clock.mode != "test":
+        raise RuleViolation("the clock can only be moved when clock.mode is 'test'", mode=services.clock.mode)
+    body: AdvanceClockBody = call.body
+    target = body.to if body.to is not None else services.clock.now() + body.by
+    if target < services.clock.now():
+        raise InvalidInput("the test clock only moves forward", now=services.clock.now())
+    fired = await services.scheduler.advance(target)
+    return {"mode": "test", "now": services.clock.now(), "fired": fired}
+
+
+async def order_deadlines(call: Call) -> dict[str, Any]:
+    order_id = call.match["order_id"]
+    docs = await call.services.scheduler.for_subject(order_id)
+    keep = ("owner", "kind", "due_at", "state", "fired_at", "attempts")
+    return {"order_id": order_id, "deadlines": [{"id": d["_id"], **{k: d.get(k) for k in keep}} for d in docs]}
+
+
+# ---------------------------------------------------------------- system
+
+
+async def healthz(call: Call) -> dict[str, Any]:
+    return {"status": "ok", "instance": call.services.instance}
+
+
+async def readyz(call: Call) -> dict[str, Any]:
+    services = call.services
+    checks = {"bus": services.bus.connected, "store": True}
+    try:
+        await services.store.ping()
+    except Exception:
+        checks["store"] = False
+    if not all(checks.values()):
+        down = ", ".join(k for k, ok in checks.items() if not ok)
+        raise Unavailable(f"not ready: {down} unreachable", checks=checks)
+    return {"status": "ready", "checks": checks}
+
+
+async def metrics(call: Call) -> web.Response:
+    body = generate_latest(call.services.metrics.registry)
+    response = web.Response(body=body)
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    response.charset = "utf-8"
+    return response
+
+
+async def openapi(call: Call) -> dict[str, Any]:
+    return openapi_document(call.request.app["routes"])
+
+
+async def asyncapi(call: Call) -> dict[str, Any]:
+    services = call.services
+    return asyncapi_document(services.catalogue, services.settings.bus.exchange)
+
+
+def core_routes() -> list[Route]:
+    order = ("orders",)
+    return [
+        Route("POST", "/orders", place_order, "Place an order; every enabled plugin is asked first.",
+              roles=frozenset({"buyer", "support", "admin", "service"}), body=PlaceOrderBody, status=201,
+              rules=("ORD-1", "ORD-5"), tags=order),
+        Route("GET", "/orders", list_orders, "The caller's orders, newest first (?as=buyer|seller).",
+              tags=order, query=("as",)),
+        Route("GET", "/orders/{order_id}", get_order, "One order; only its parties and staff see it.",
+              tags=order, rules=("ORD-1",)),
+        Route("GET", "/orders/{order_id}/timeline", get_timeline,
+              "Every change of the order, in order: actor, time, the rule that fired.", tags=order,
+              rules=("ORD-6",)),
+        Route("POST", "/orders/{order_id}/requirements", submit_requirements,
+              "The buyer submits the requirements; the delivery clock starts.",
+              roles=frozenset({"buyer", "service"}), body=RequirementsBody, rules=("ORD-2",), tags=order),
+        Route("POST", "/orders/{order_id}/deliveries", deliver,
+              "The seller delivers; an empty delivery is refused and recorded.",
+              roles=frozenset({"seller", "service"}), body=DeliveryBody, rules=("ORD-3", "ORD-4"), tags=order),
+        Route("POST", "/orders/{order_id}/acceptance", accept, "The buyer accepts the delivery.",
+              roles=frozenset({"buyer", "service"}), rules=("ORD-4",), tags=order),
+        Route("POST", "/orders/{order_id}/revisions", request_revision, "The buyer asks for a revision.",
+              roles=frozenset({"buyer", "service"}), body=RevisionBody, rules=("ORD-4",), tags=order),
+        Route("POST", "/orders/{order_id}/cancellation", cancel, "Support cancels an order.",
+              roles=frozenset({"support", "admin", "service"}), body=CancelBody, rules=("ORD-1",), tags=order),
+        Route("GET", "/orders/{order_id}/deadlines", order_deadlines, "The order's deadlines (staff).",
+              roles=frozenset({"support", "admin", "service"}), tags=order),
+        Route("GET", "/admin/plugins", list_plugins, "Plugins: loaded, failed, on or off.",
+              roles=frozenset({"admin", "support"}), tags=("admin",)),
+        Route("PUT", "/admin/plugins/{name}", switch_plugin,
+              "Switch a plugin on or off for every instance (they follow within seconds).",
+              roles=ADMIN, body=PluginSwitchBody, tags=("admin",)),
+        Route("GET", "/admin/clock", get_clock, "The service clock: mode and now.",
+              roles=frozenset({"admin", "support", "service"}), tags=("admin",)),
+        Route("POST", "/admin/clock/advance", advance_clock,
+              "Test clock only: move the clock forward; deadlines due on the way fire, in order.",
+              roles=ADMIN, body=AdvanceClockBody, tags=("admin",)),
+        Route("GET", "/healthz", healthz, "The process is alive.", roles=None, tags=("system",)),
+        Route("GET", "/readyz", readyz, "The broker and the database answer.", roles=None, tags=("system",)),
+        Route("GET", "/metrics", metrics, "Prometheus metrics.", roles=None, tags=("system",), raw=True),
+        Route("GET", "/openapi.json", openapi, "This document.", roles=None, tags=("system",)),
+        Route("GET", "/asyncapi.json", asyncapi, "The bus: every message type, as AsyncAPI 3.0.",
+              roles=None, tags=("system",)),
+    ]
+
+
+__all__ = ["core_routes", "ALL_ROLES", "PARTIES"]

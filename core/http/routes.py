@@ -1,0 +1,96 @@
+"""Route declarations: the core's and the plugins' HTTP routes, one table.
+
+The app is built from the table and so is the OpenAPI document, so the two
+cannot drift apart. A route names the roles that may call it (None: public),
+its strict request body model, and the rules it enforces.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from core.errors import InvalidInput
+from core.http.auth import Principal
+from core.messages import Actor
+
+Handler = Callable[["Call"], Awaitable[Any]]
+
+ALL_ROLES = frozenset({"buyer", "seller", "support", "admin", "service"})
+STAFF = frozenset({"support", "admin", "service"})
+
+
+class Body(BaseModel):
+    """Base of request bodies: unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    roles: frozenset[str] | None = ALL_ROLES  # None: no token needed
+    body: type[BaseModel] | None = None
+    status: int = 200
+    rules: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    plugin: str = "core"
+    #: extra OpenAPI for the response or the parameters
+    responses: dict[str, Any] = field(default_factory=dict)
+    query: tuple[str, ...] = ()
+    raw: bool = False  # the handler returns a web.Response itself
+
+
+@dataclass
+class Call:
+    """One request as a handler sees it: who, what, and the services."""
+
+    request: web.Request
+    principal: Principal | None
+    body: Any
+    services: Any
+
+    @property
+    def match(self) -> dict[str, str]:
+        return dict(self.request.match_info)
+
+    def actor(self, party: str | None = None) -> Actor:
+        """The caller as an actor: staff act as staff, users as the party they claim."""
+        assert self.principal is not None
+        return self.principal.actor(party)
+
+    @property
+    def idempotency_key(self) -> str | None:
+        key = self.request.headers.get("Idempotency-Key")
+        if key is None:
+            return None
+        if not 1 <= len(key) <= 200:
+            raise InvalidInput("Idempotency-Key must be 1 to 200 characters")
+        assert self.principal is not None
+        return f"http:{self.principal.id}:{key}"
+
+
+async def parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    raw = await request.read()
+    try:
+        payload = json.loads(raw or b"null")
+    except ValueError:
+        raise InvalidInput("the body is not valid JSON") from None
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        raise InvalidInput(
+            "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors
+        ) from None

@@ -1,0 +1,40 @@
+"""Prometheus metrics, one registry per service instance (tests run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.published = Counter("rescenter_published_total", "Messages published and confirmed.", ["type"], registry=r)
+        self.consumed = Counter(
+            "rescenter_consumed_total", "Messages handled, by outcome (ok, rejected, retry).",
+            ["plugin", "type", "outcome"], registry=r,
+        )
+        self.dead_lettered = Counter(
+            "rescenter_dead_lettered_total", "Messages sent to a dead-letter queue, by reason.",
+            ["plugin", "reason"], registry=r,
+        )
+        self.handler_seconds = Histogram(
+            "rescenter_handler_seconds", "Time spent handling one message.", ["plugin"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.http_requests = Counter(
+            "rescenter_http_requests_total", "HTTP requests, by route and status.",
+            ["method", "route", "status"], registry=r,
+        )
+        self.http_seconds = Histogram(
+            "rescenter_http_request_seconds", "HTTP request latency.", ["route"], registry=r,
+        )
+        self.outbox_swept = Counter(
+            "rescenter_outbox_swept_total", "Documents whose pending effects the sweeper published.",
+            registry=r,
+        )
+        self.deadlines_fired = Counter(
+            "rescenter_deadlines_fired_total", "Deadlines fired, by owner and kind.", ["owner", "kind"],
+            registry=r,
+        )
+        self.plugin_enabled = Gauge("rescenter_plugin_enabled", "1 when the plugin is on.", ["plugin"], registry=r)

@@ -1,0 +1,468 @@
+"""The order lifecycle (ORD-1 to ORD-7).
+
+An order is one document. Every command loads it, decides with the rules
+below, and writes the change, its timeline entries (ORD-6), the events to
+publish and the deadlines to (un)schedule in one version-guarded update
+(core.outbox). A command caused by a message carries the message id, so a
+redelivery changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from pymongo import ASCENDING, DESCENDING
+from pymongo.errors import DuplicateKeyError
+
+from core.clock import Clock
+from core.errors import Conflict, Forbidden, NotFound, RescenterError, RuleViolation
+from core.messages import (
+    Actor,
+    DeliveryRefused,
+    MessageData,
+    OrderCancelled,
+    OrderCompleted,
+    OrderDelivered,
+    OrderLate,
+    OrderPlaced,
+    PlaceOrder,
+    RequirementsSubmitted,
+    RevisionRequested,
+    make_envelope,
+)
+from core.outbox import Effect, Outbox
+from core.scheduler import CORE_OWNER, Deadline
+from core.settings import OrderPolicy
+from core.store import Store, update_guarded
+
+if TYPE_CHECKING:
+    from core.plugins import PluginRegistry
+
+log = structlog.get_logger("rescenter.orders")
+
+COLLECTION = "orders"
+
+AWAITING_REQUIREMENTS = "awaiting_requirements"
+IN_PROGRESS = "in_progress"
+DELIVERED = "delivered"
+IN_REVISION = "in_revision"
+COMPLETED = "completed"
+CANCELLED = "cancelled"
+FINAL_STATES = frozenset({COMPLETED, CANCELLED})
+ACTIVE_STATES = frozenset({AWAITING_REQUIREMENTS, IN_PROGRESS, DELIVERED, IN_REVISION})
+
+LATE = "order.late"
+AUTO_COMPLETE = "order.auto_complete"
+
+SYSTEM = Actor(id="rescenter", role="system")
+STAFF_ROLES = frozenset({"support", "admin", "service"})
+
+
+@dataclass
+class Change:
+    """What a command decided: fields to set, events (each also a timeline entry),
+    deadlines to schedule or cancel, and an optional refusal raised after the
+    write (ORD-3 records the refused attempt)."""
+
+    set: dict[str, Any] = field(default_factory=dict)
+    inc: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, MessageData]] = field(default_factory=list)
+    schedule: list[Deadline] = field(default_factory=list)
+    cancel: list[str] = field(default_factory=list)
+    refusal: RescenterError | None = None
+
+
+def _deadline_id(order_id: str, kind: str, at: datetime) -> str:
+    return f"{COLLECTION}/{order_id}/{kind}/{at.isoformat()}"
+
+
+def _common(order: dict[str, Any], actor: Actor, *, state: str, rule: str | None) -> dict[str, Any]:
+    return {
+        "order_id": order["_id"],
+        "buyer_id": order["buyer_id"],
+        "seller_id": order["seller_id"],
+        "gig_id": order["gig_id"],
+        "state": state,
+        "previous_state": order["state"] if order["state"] != state else None,
+        "actor": actor,
+        "rule": rule,
+    }
+
+
+def can_see(order: dict[str, Any], actor: Actor) -> bool:
+    """Only an order's parties, staff and services see it."""
+    return actor.role in STAFF_ROLES or actor.id in (order["buyer_id"], order["seller_id"])
+
+
+def public_view(order: dict[str, Any]) -> dict[str, Any]:
+    """The order as the API shows it: no internal bookkeeping fields."""
+    view = {k: v for k, v in order.items() if not k.startswith("_") and k != "timeline"}
+    view["id"] = order["_id"]
+    view["version"] = order.get("_version", 0)
+    return view
+
+
+class OrderService:
+    def __init__(
+        self,
+        store: Store,
+        outbox: Outbox,
+        clock: Clock,
+        policy: OrderPolicy,
+        plugins: PluginRegistry,
+        services_ref: Callable[[], Any],
+    ) -> None:
+        self.collection = store.collection(COLLECTION)
+        self.outbox = outbox
+        self.clock = clock
+        self.policy = policy
+        self.plugins = plugins
+        self._services = services_ref
+        outbox.register(COLLECTION)
+
+    async def create_indexes(self) -> None:
+        await self.collection.create_index([("buyer_id", ASCENDING), ("placed_at", DESCENDING)])
+        await self.collection.create_index([("seller_id", ASCENDING), ("placed_at", DESCENDING)])
+
+    # ------------------------------------------------------------ queries
+
+    async def get(self, order_id: str, actor: Actor | None = None) -> dict[str, Any]:
+        order = await self.collection.find_one({"_id": order_id}, {"_outbox": 0, "_applied": 0})
+        if order is None or (actor is not None and not can_see(order, actor)):
+            # 404 either way: a stranger learns nothing, not even that the order exists.
+            raise NotFound(f"no order {order_id!r}", order_id=order_id)
+        return order
+
+    async def list_for(self, actor: Actor, *, role: str, limit: int = 50) -> list[dict[str, Any]]:
+        field_name = "buyer_id" if role == "buyer" else "seller_id"
+        cursor = (
+            self.collection.find({field_name: actor.id}, {"_outbox": 0, "_applied": 0, "timeline": 0})
+            .sort("placed_at", DESCENDING)
+            .limit(limit)
+        )
+        return [doc async for doc in cursor]
+
+    # ------------------------------------------------------------ placing (ORD-5)
+
+    async def place(self, command: PlaceOrder, actor: Actor, *, message_id: str | None = None) -> dict[str, Any]:
+        existing = await self.collection.find_one({"_id": command.order_id})
+        if existing is not None:
+            if existing.get("placement_id") == (message_id or command.order_id) or _same_order(existing, command):
+                return existing  # a retried placement
+            raise Conflict(f"order id {command.order_id!r} is taken", order_id=command.order_id)
+        if actor.role == "buyer" and actor.id != command.buyer_id:
+            raise Forbidden("a buyer places orders for themselves only")
+        if command.buyer_id == command.seller_id:
+            raise RuleViolation("a seller cannot order from themselves", rule="ORD-5")
+        await self._ask_plugins(command)
+        now = self.clock.now()
+        order: dict[str, Any] = {
+            "_id": command.order_id,
+            "buyer_id": command.buyer_id,
+            "seller_id": command.seller_id,
+            "gig_id": command.gig_id,
+            "price": {"amount": str(command.price.amount), "currency": command.price.currency},
+            "delivery_days": command.delivery_days,
+            "state": AWAITING_REQUIREMENTS,
+            "placed_at": now,
+            "late": False,
+            "delivery_count": 0,
+            "revision_count": 0,
+            "placement_id": message_id or command.order_id,
+            "_version": 1,
+            "_applied": [message_id] if message_id else [],
+        }
+        event = OrderPlaced(
+            **_common(order, actor, state=AWAITING_REQUIREMENTS, rule="ORD-1"),
+            price=command.price,
+            delivery_days=command.delivery_days,
+        )
+        envelope = make_envelope("order.placed", event, subject=order["_id"], time=now)
+        order["timeline"] = [_timeline_entry(0, envelope.type, envelope.id, now, actor, "ORD-1", event)]
+        order.update(self.outbox.initial([Effect.publish(envelope)]))
+        try:
+            await self.collection.insert_one(order)
+        except DuplicateKeyError:
+            raise Conflict(f"order id {command.order_id!r} is taken", order_id=command.order_id) from None
+        await self.outbox.flush(COLLECTION, order)
+        log.info("order placed", order_id=order["_id"])
+        return order
+
+    async def _ask_plugins(self, command: PlaceOrder) -> None:
+        """ORD-5: every enabled plugin first; one refusal refuses the order."""
+        services = self._services()
+        calls = self.plugins.call_each("veto_order", services=services, order=command)
+        answers = await asyncio.gather(*(_await(r.value) for r in calls), return_exceptions=True)
+        vetoes = []
+        for result, answer in zip(calls, answers, strict=True):
+            if isinstance(answer, BaseException):
+                log.error("veto hook failed; the order is refused to be safe", plugin=result.plugin,
+                          error=repr(answer))
+                vetoes.append((result.plugin, None, f"{result.plugin} could not check this order"))
+            elif answer is not None:
+                vetoes.append((result.plugin, answer, answer.reason))
+        if not vetoes:
+            return
+        plugin, veto, reason = vetoes[0]
+        for undo in self.plugins.call_each("order_not_placed", services=services, order=command, reason=reason):
+            try:
+                await _await(undo.value)
+            except Exception:
+                log.exception("order_not_placed hook failed", plugin=undo.plugin)
+        raise RuleViolation(
+            reason,
+            rule="ORD-5",
+            plugin=plugin,
+            plugin_rule=veto.rule if veto else None,
+            **(veto.details if veto else {}),
+        )
+
+    # ------------------------------------------------------------ commands
+
+    async def submit_requirements(self, order_id: str, actor: Actor, requirements: str,
+                                  *, message_id: str | None = None) -> dict[str, Any]:
+        def decide(order: dict[str, Any], now: datetime) -> Change:
+            _require_party(order, actor, "buyer")
+            _require_state(order, {AWAITING_REQUIREMENTS}, "submit requirements")
+            # ORD-2: the delivery clock starts now.
+            due_at = now + timedelta(days=order["delivery_days"])
+            return Change(
+                set={"state": IN_PROGRESS, "requirements": requirements, "started_at": now, "due_at": due_at},
+                events=[("order.requirements_submitted", RequirementsSubmitted(
+                    **_common(order, actor, state=IN_PROGRESS, rule="ORD-2"), started_at=now, due_at=due_at))],
+                schedule=[Deadline(id=_deadline_id(order["_id"], "late", due_at), owner=CORE_OWNER,
+                                   kind=LATE, subject=order["_id"], due_at=due_at)],
+            )
+        return await self._command(order_id, decide, message_id=message_id)
+
+    async def deliver(self, order_id: str, actor: Actor, message: str, attachments: list[str],
+                      *, message_id: str | None = None) -> dict[str, Any]:
+        def decide(order: dict[str, Any], now: datetime) -> Change:
+            _require_party(order, actor, "seller")
+            _require_state(order, {IN_PROGRESS, IN_REVISION}, "deliver")
+            if not message.strip() and not attachments:
+                # ORD-3: refused, and the attempt stays on the timeline.
+                reason = "a delivery needs a message or at least one attachment"
+                return Change(
+                    inc={"refused_delivery_count": 1},
+                    events=[("order.delivery_refused", DeliveryRefused(
+                        **_common(order, actor, state=order["state"], rule="ORD-3"), reason=reason))],
+                    refusal=RuleViolation(f"empty delivery refused: {reason}", rule="ORD-3"),
+                )
+            number = order.get("delivery_count", 0) + 1
+            auto_at = now + self.policy.auto_complete_after  # ORD-4
+            cancel = [order["auto_complete_deadline"]] if order.get("auto_complete_deadline") else []
+            late_id = order.get("due_at") and _deadline_id(order["_id"], "late", order["due_at"])
+            if late_id and not order.get("late"):
+                cancel.append(late_id)  # delivered in time: it will not be late
+            auto_id = _deadline_id(order["_id"], "auto_complete", auto_at)
+            return Change(
+                set={"state": DELIVERED, "delivered_at": now, "auto_complete_at": auto_at,
+                     "auto_complete_deadline": auto_id,
+                     f"deliveries.{number - 1}": {"number": number, "at": now, "message": message,
+                                                   "attachments": attachments}},
+                inc={"delivery_count": 1},
+                events=[("order.delivered", OrderDelivered(
+                    **_common(order, actor, state=DELIVERED, rule="ORD-4"), delivery_number=number,
+                    auto_complete_at=auto_at, late=bool(order.get("late"))))],
+                schedule=[Deadline(id=auto_id, owner=CORE_OWNER, kind=AUTO_COMPLETE,
+                                   subject=order["_id"], due_at=auto_at)],
+                cancel=cancel,
+            )
+        return await self._command(order_id, decide, message_id=message_id)
+
+    async def accept(self, order_id: str, actor: Actor, *, message_id: str | None = None) -> dict[str, Any]:
+        def decide(order: dict[str, Any], now: datetime) -> Change:
+            _require_party(order, actor, "buyer")
+            _require_state(order, {DELIVERED}, "accept the delivery")
+            return self._complete(order, actor, now, cause="accepted")
+        return await self._command(order_id, decide, message_id=message_id)
+
+    async def request_revision(self, order_id: str, actor: Actor, reason: str,
+                               *, message_id: str | None = None) -> dict[str, Any]:
+        def decide(order: dict[str, Any], now: datetime) -> Change:
+            _require_party(order, actor, "buyer")
+            _require_state(order, {DELIVERED}, "ask for a revision")
+            number = order.get("revision_count", 0) + 1
+            return Change(
+                set={"state": IN_REVISION, "revision_reason": reason, "auto_complete_at": None,
+                     "auto_complete_deadline": None},
+                inc={"revision_count": 1},
+                events=[("order.revision_requested", RevisionRequested(
+                    **_common(order, actor, state=IN_REVISION, rule="ORD-4"), revision_number=number))],
+                cancel=[order["auto_complete_deadline"]] if order.get("auto_complete_deadline") else [],
+            )
+        return await self._command(order_id, decide, message_id=message_id)
+
+    async def cancel(self, order_id: str, actor: Actor, *, cause: str, reason: str | None = None,
+                     rule: str = "ORD-1", message_id: str | None = None) -> dict[str, Any]:
+        def decide(order: dict[str, Any], now: datetime) -> Change:
+            if actor.role not in STAFF_ROLES and actor.role != "system":
+                raise Forbidden("only support cancels an order directly; parties use the resolution center")
+            _require_state(order, ACTIVE_STATES, "cancel")
+            return Change(
+                set={"state": CANCELLED, "cancelled_at": now, "cancel_cause": cause,
+                     "cancelled_from": order["state"]},
+                events=[("order.cancelled", OrderCancelled(
+                    **_common(order, actor, state=CANCELLED, rule=rule), cause=cause, reason=reason))],
+                cancel=_open_deadlines(order),
+            )
+        return await self._command(order_id, decide, message_id=message_id)
+
+    async def chargeback(self, order_id: str, *, message_id: str) -> dict[str, Any]:
+        """ORD-7: payments reported a chargeback: cancel with cause `chargeback`."""
+        return await self.cancel(order_id, Actor(id="payments", role="service"), cause="chargeback",
+                                 rule="ORD-7", message_id=message_id)
+
+    # ------------------------------------------------------------ deadlines
+
+    async def on_late(self, deadline: Deadline) -> None:
+        def decide(order: dict[str, Any], now: datetime) -> Change:
+            # ORD-2: not delivered at due_at -> late, published once.
+            if order["state"] not in {IN_PROGRESS} or order.get("late") or order.get("due_at") != deadline.due_at:
+                return Change()
+            return Change(set={"late": True, "late_at": now},
+                          events=[("order.late", OrderLate(
+                              **_common(order, SYSTEM, state=order["state"], rule="ORD-2"),
+                              due_at=order["due_at"]))])
+        await self._command(deadline.subject, decide, message_id=deadline.id)
+
+    async def on_auto_complete(self, deadline: Deadline) -> None:
+        def decide(order: dict[str, Any], now: datetime) -> Change:
+            # ORD-4: a delivery left unanswered completes itself.
+            if order["state"] != DELIVERED or order.get("auto_complete_deadline") != deadline.id:
+                return Change()
+            return self._complete(order, SYSTEM, now, cause="auto_completed")
+        await self._command(deadline.subject, decide, message_id=deadline.id)
+
+    def _complete(self, order: dict[str, Any], actor: Actor, now: datetime, *, cause: str) -> Change:
+        return Change(
+            set={"state": COMPLETED, "completed_at": now, "completion_cause": cause},
+            events=[("order.completed", OrderCompleted(
+                **_common(order, actor, state=COMPLETED, rule="ORD-4"), cause=cause))],
+            cancel=_open_deadlines(order),
+        )
+
+    # ------------------------------------------------------------ the write
+
+    async def _command(
+        self,
+        order_id: str,
+        decide: Callable[[dict[str, Any], datetime], Change],
+        *,
+        message_id: str | None = None,
+        attempts: int = 8,
+    ) -> dict[str, Any]:
+        for _ in range(attempts):
+            order = await self.collection.find_one({"_id": order_id})
+            if order is None:
+                raise NotFound(f"no order {order_id!r}", order_id=order_id)
+            if message_id is not None and message_id in order.get("_applied", []):
+                return order  # a redelivery: already applied
+            now = self.clock.now()
+            change = decide(order, now)
+            if not (change.set or change.inc or change.events or change.cancel or change.schedule):
+                if message_id is None:
+                    return order
+                # Remember the message even when it changed nothing, so it stays a no-op.
+            update: dict[str, Any] = {}
+            if change.set:
+                update["$set"] = dict(change.set)
+            if change.inc:
+                update["$inc"] = dict(change.inc)
+            effects: list[Effect] = []
+            entries = []
+            seq = len(order.get("timeline", []))
+            for offset, (type_, data) in enumerate(change.events):
+                envelope = make_envelope(type_, data, subject=order_id, time=now)
+                effects.append(Effect.publish(envelope))
+                actor = getattr(data, "actor", SYSTEM)
+                entries.append(_timeline_entry(seq + offset, type_, envelope.id, now, actor,
+                                               getattr(data, "rule", None), data))
+            effects += [Effect.cancel(deadline_id) for deadline_id in change.cancel]
+            effects += [Effect.schedule(deadline) for deadline in change.schedule]
+            if entries:
+                update.setdefault("$push", {})["timeline"] = {"$each": entries}
+            self.outbox.stage(update, effects)
+            written = await update_guarded(self.collection, order_id, update,
+                                           version=order.get("_version", 0), message_id=message_id)
+            if written is None:
+                continue  # someone else changed it first: decide again on the new state
+            await self._flush_quietly(written)
+            if change.refusal is not None:
+                raise change.refusal
+            return written
+        raise Conflict(f"order {order_id!r} is changing too fast; try again", order_id=order_id)
+
+    async def _flush_quietly(self, doc: dict[str, Any]) -> None:
+        """The change is stored: if publishing fails now, the sweeper publishes later."""
+        try:
+            await self.outbox.flush(COLLECTION, doc)
+        except Exception as exc:
+            log.warning("publish deferred to the outbox sweeper", order_id=doc["_id"], error=repr(exc))
+
+
+async def _await(value: Any) -> Any:
+    from core.plugins import await_me_maybe
+
+    return await await_me_maybe(value)
+
+
+def _same_order(existing: dict[str, Any], command: PlaceOrder) -> bool:
+    return (
+        existing["buyer_id"] == command.buyer_id
+        and existing["seller_id"] == command.seller_id
+        and existing["gig_id"] == command.gig_id
+        and Decimal(existing["price"]["amount"]) == command.price.amount
+        and existing["price"]["currency"] == command.price.currency
+        and existing["delivery_days"] == command.delivery_days
+    )
+
+
+def _require_party(order: dict[str, Any], actor: Actor, party: str) -> None:
+    if actor.role == "service":
+        return  # services act on behalf of users; they are trusted
+    if actor.id != order[f"{party}_id"]:
+        if actor.id in (order["buyer_id"], order["seller_id"]) or actor.role in STAFF_ROLES:
+            raise Forbidden(f"only the order's {party} can do this", order_id=order["_id"])
+        raise NotFound(f"no order {order['_id']!r}", order_id=order["_id"])
+
+
+def _require_state(order: dict[str, Any], allowed: set[str] | frozenset[str], what: str) -> None:
+    if order["state"] in allowed:
+        return
+    if order["state"] in FINAL_STATES:
+        raise RuleViolation(f"cannot {what}: the order is {order['state']}, a final state", rule="ORD-1",
+                            state=order["state"])
+    raise RuleViolation(f"cannot {what} while the order is {order['state']}", rule="ORD-1",
+                        state=order["state"])
+
+
+def _open_deadlines(order: dict[str, Any]) -> list[str]:
+    ids = []
+    if order.get("auto_complete_deadline"):
+        ids.append(order["auto_complete_deadline"])
+    if order.get("due_at") and not order.get("late"):
+        ids.append(_deadline_id(order["_id"], "late", order["due_at"]))
+    return ids
+
+
+def _timeline_entry(seq: int, type_: str, event_id: str, at: datetime, actor: Actor,
+                    rule: str | None, data: MessageData) -> dict[str, Any]:
+    details = data.model_dump(mode="json", exclude_none=True,
+                              exclude={"order_id", "buyer_id", "seller_id", "gig_id", "actor", "rule"})
+    return {
+        "seq": seq,
+        "type": type_,
+        "event_id": event_id,
+        "at": at,
+        "actor": actor.model_dump(),
+        "rule": rule,
+        "details": details,
+    }

@@ -1,0 +1,199 @@
+"""Loading plugins and switching them on and off at run time.
+
+Built-in plugins register exactly like outside ones: from `DEFAULT_PLUGINS`,
+then modules named in `plugins.extra`, then the `rescenter.plugins` entry-point
+group. Each loads alone: one that fails is reported and the others run.
+
+Whether a plugin is on is kept in MongoDB (`plugin_states`), so admins switch
+it for every instance at once; each instance re-reads it every
+`plugins.poll_interval`. A plugin that is off is blocked in the plugin manager
+(it vetoes nothing), its consumer is cancelled (its queue keeps what arrives
+meanwhile), its routes answer 503 and its deadlines wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+import structlog
+
+from core import hookspecs
+from core.clock import Clock
+from core.errors import NotFound
+from core.messages import Actor, PluginSwitched, make_envelope
+from core.metrics import Metrics
+from core.outbox import Effect, Outbox
+from core.settings import PluginSettings
+from core.store import Store
+
+log = structlog.get_logger("rescenter.plugins")
+
+DEFAULT_PLUGINS = (
+    "plugins.disputes",
+    "plugins.reviews",
+    "plugins.availability",
+    "plugins.blocking",
+    "plugins.metrics",
+)
+ENTRY_POINT_GROUP = "rescenter.plugins"
+STATES = "plugin_states"
+
+
+async def await_me_maybe(value: Any) -> Any:
+    """Hooks may return a value or an awaitable; every call site awaits what it gets."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+@dataclass(frozen=True)
+class HookResult:
+    plugin: str
+    value: Any
+
+
+SwitchListener = Callable[[str, bool], Awaitable[None]]
+
+
+class PluginRegistry:
+    def __init__(self, settings: PluginSettings, store: Store, metrics: Metrics) -> None:
+        self.settings = settings
+        self.pm = pluggy.PluginManager("rescenter")
+        self.pm.add_hookspecs(hookspecs)
+        self.modules: dict[str, Any] = {}
+        self.builtin: set[str] = set()
+        self.failed: dict[str, str] = {}
+        self.enabled: set[str] = set()
+        self.collection = store.collection(STATES)
+        self.metrics = metrics
+        self.listeners: list[SwitchListener] = []
+        self._task: asyncio.Task[None] | None = None
+        self._switching = asyncio.Lock()
+
+    # ------------------------------------------------------------ loading
+
+    def load(self) -> None:
+        for path in DEFAULT_PLUGINS:
+            self._load_one(path.rsplit(".", 1)[-1], lambda p=path: importlib.import_module(p), builtin=True)
+        for path in self.settings.extra:
+            self._load_one(path.rsplit(".", 1)[-1], lambda p=path: importlib.import_module(p))
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            self._load_one(ep.name, ep.load)
+
+    def _load_one(self, name: str, loader: Callable[[], Any], *, builtin: bool = False) -> None:
+        if name in self.modules:
+            self.failed[name] = f"a plugin named {name!r} is already loaded"
+            log.error("plugin not loaded", plugin=name, error=self.failed[name])
+            return
+        try:
+            plugin = loader()
+            self.pm.register(plugin, name=name)
+            # A misspelled hook name is an error of this plugin alone.
+            self.pm.check_pending()
+        except Exception as exc:
+            if self.pm.get_plugin(name) is not None:
+                self.pm.unregister(name=name)
+            self.failed[name] = f"{type(exc).__name__}: {exc}"
+            log.error("plugin failed to load; the others run", plugin=name, error=self.failed[name])
+            return
+        self.modules[name] = plugin
+        if builtin:
+            self.builtin.add(name)
+
+    def default_enabled(self, name: str) -> bool:
+        return name in self.settings.enabled or name not in self.builtin
+
+    # ------------------------------------------------------------ calling
+
+    def call_each(self, hook_name: str, **kwargs: Any) -> list[HookResult]:
+        """Call a hook on each enabled plugin, keeping who answered what."""
+        results = []
+        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+            args = {name: kwargs[name] for name in impl.argnames}
+            value = impl.function(**args)
+            if value is not None:
+                results.append(HookResult(impl.plugin_name, value))
+        return results
+
+    # ------------------------------------------------------------ switching
+
+    async def refresh(self) -> None:
+        """Follow the switches stored in MongoDB."""
+        stored = {doc["_id"]: doc["enabled"] async for doc in self.collection.find({}, {"enabled": 1})}
+        wanted = {
+            name for name in self.modules if stored.get(name, self.default_enabled(name))
+        }
+        async with self._switching:
+            for name in sorted(self.modules):
+                on = name in wanted
+                if on != (name in self.enabled):
+                    await self._apply(name, on)
+
+    async def _apply(self, name: str, on: bool) -> None:
+        if on:
+            self.pm.unblock(name)
+            if self.pm.get_plugin(name) is None:
+                self.pm.register(self.modules[name], name=name)
+            self.enabled.add(name)
+        else:
+            self.pm.set_blocked(name)
+            self.enabled.discard(name)
+        self.metrics.plugin_enabled.labels(name).set(1 if on else 0)
+        log.info("plugin switched", plugin=name, enabled=on)
+        for listener in self.listeners:
+            await listener(name, on)
+
+    async def switch(self, name: str, on: bool, actor: Actor, outbox: Outbox, clock: Clock) -> None:
+        """An admin's switch: stored for every instance, applied here at once."""
+        if name not in self.modules:
+            raise NotFound(f"no plugin named {name!r} is loaded", plugin=name)
+        event = make_envelope(
+            "plugin.switched", PluginSwitched(plugin=name, enabled=on, actor=actor),
+            subject=None, time=clock.now(),
+        )
+        update = outbox.stage(
+            {"$set": {"enabled": on, "changed_at": clock.now(), "changed_by": actor.id}},
+            [Effect.publish(event)],
+        )
+        doc = await self.collection.find_one_and_update(
+            {"_id": name}, update, upsert=True, return_document=True
+        )
+        await outbox.flush(STATES, doc)
+        await self.refresh()
+
+    def start_following(self) -> None:
+        self._task = asyncio.create_task(self._follow(), name="plugin-switches")
+
+    async def _follow(self) -> None:
+        interval = self.settings.poll_interval.total_seconds()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("could not read plugin switches; will retry", error=repr(exc))
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def describe(self) -> list[dict[str, Any]]:
+        rows = [
+            {"name": name, "loaded": True, "enabled": name in self.enabled, "builtin": name in self.builtin}
+            for name in sorted(self.modules)
+        ]
+        rows += [
+            {"name": name, "loaded": False, "enabled": False, "error": error}
+            for name, error in sorted(self.failed.items())
+        ]
+        return rows

@@ -1,0 +1,241 @@
+"""Durable deadlines in MongoDB.
+
+A deadline (`deadlines` collection) is claimed atomically by one instance
+(pending -> claimed, with a lease in real time), handed to its owner's handler,
+then marked done. An instance that dies while holding one lets its lease run
+out and another instance fires it again; handlers are idempotent on the
+deadline id (they pass it as the message id of their write), so its effect
+happens exactly once. Deadlines of a disabled plugin wait until it is back.
+
+Business time comes from the service clock. With the test clock, `advance`
+walks the deadlines due in the skipped time one instant at a time, in order,
+including those that firing creates inside the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pymongo import ASCENDING, ReturnDocument
+
+from core.clock import Clock, TestClock
+from core.metrics import Metrics
+from core.settings import SchedulerSettings
+from core.store import Store
+
+log = structlog.get_logger("rescenter.scheduler")
+
+CORE_OWNER = "core"
+MAX_ATTEMPTS = 5
+
+
+class Deadline(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    owner: str  # "core" or a plugin name
+    kind: str  # what the owner's handler is registered under
+    subject: str  # the order id
+    due_at: AwareDatetime
+    payload: dict[str, Any] = {}
+
+
+DeadlineHandler = Callable[[Deadline], Awaitable[None]]
+
+
+def _real_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        settings: SchedulerSettings,
+        metrics: Metrics,
+        instance: str,
+        active_owners: Callable[[], set[str]],
+    ) -> None:
+        self.collection = store.collection("deadlines")
+        self.clock = clock
+        self.settings = settings
+        self.metrics = metrics
+        self.instance = instance
+        self.active_owners = active_owners
+        self.handlers: dict[tuple[str, str], DeadlineHandler] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._advancing = asyncio.Lock()
+
+    def register(self, owner: str, kind: str, handler: DeadlineHandler) -> None:
+        self.handlers[(owner, kind)] = handler
+
+    async def create_indexes(self) -> None:
+        await self.collection.create_index([("state", ASCENDING), ("due_at", ASCENDING)])
+        await self.collection.create_index([("subject", ASCENDING)])
+
+    async def schedule(self, deadline: Deadline) -> None:
+        """Idempotent: a deadline id is scheduled once; a fired one is not revived."""
+        await self.collection.update_one(
+            {"_id": deadline.id},
+            {
+                "$setOnInsert": {
+                    "owner": deadline.owner,
+                    "kind": deadline.kind,
+                    "subject": deadline.subject,
+                    "due_at": deadline.due_at,
+                    "payload": deadline.payload,
+                    "state": "pending",
+                    "attempts": 0,
+                    "created_at": self.clock.now(),
+                }
+            },
+            upsert=True,
+        )
+        self._wake.set()
+
+    async def cancel(self, deadline_id: str) -> bool:
+        result = await self.collection.update_one(
+            {"_id": deadline_id, "state": "pending"},
+            {"$set": {"state": "cancelled", "cancelled_at": self.clock.now()}},
+        )
+        return result.modified_count == 1
+
+    async def get(self, deadline_id: str) -> dict[str, Any] | None:
+        return await self.collection.find_one({"_id": deadline_id})
+
+    async def for_subject(self, subject: str) -> list[dict[str, Any]]:
+        cursor = self.collection.find({"subject": subject}).sort("due_at", ASCENDING)
+        return [doc async for doc in cursor]
+
+    # ------------------------------------------------------------ firing
+
+    async def claim_next(self, now: datetime) -> Deadline | None:
+        owners = sorted(self.active_owners())
+        real_now = _real_now()
+        claim = {
+            "$set": {
+                "state": "claimed",
+                "claimed_by": self.instance,
+                "lease_until": real_now + self.settings.lease,
+            },
+            "$inc": {"attempts": 1},
+        }
+        # First deadlines whose claimer died, then due ones, earliest first.
+        for query in (
+            {"state": "claimed", "lease_until": {"$lte": real_now}, "owner": {"$in": owners}},
+            {"state": "pending", "due_at": {"$lte": now}, "owner": {"$in": owners}},
+        ):
+            doc = await self.collection.find_one_and_update(
+                query, claim, sort=[("due_at", ASCENDING)], return_document=ReturnDocument.AFTER
+            )
+            if doc is not None:
+                return _deadline(doc)
+        return None
+
+    async def fire(self, deadline: Deadline) -> None:
+        handler = self.handlers.get((deadline.owner, deadline.kind))
+        bound = structlog.contextvars.bound_contextvars(
+            deadline_id=deadline.id, order_id=deadline.subject, plugin=deadline.owner
+        )
+        with bound:
+            if handler is None:
+                log.error("no handler for deadline", kind=deadline.kind)
+                await self._finish(deadline, "failed", error="no handler")
+                return
+            try:
+                await handler(deadline)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                doc = await self.collection.find_one({"_id": deadline.id}, {"attempts": 1})
+                attempts = (doc or {}).get("attempts", MAX_ATTEMPTS)
+                log.exception("deadline handler failed", attempts=attempts)
+                if attempts >= MAX_ATTEMPTS:
+                    await self._finish(deadline, "failed", error=repr(exc))
+                else:  # retried once the lease runs out
+                    await self.collection.update_one(
+                        {"_id": deadline.id, "claimed_by": self.instance},
+                        {"$set": {"lease_until": _real_now() + timedelta(seconds=1) * attempts}},
+                    )
+                return
+            await self._finish(deadline, "done")
+            self.metrics.deadlines_fired.labels(deadline.owner, deadline.kind).inc()
+            log.info("deadline fired", kind=deadline.kind, due_at=deadline.due_at.isoformat())
+
+    async def _finish(self, deadline: Deadline, state: str, **fields: Any) -> None:
+        await self.collection.update_one(
+            {"_id": deadline.id, "claimed_by": self.instance},
+            {"$set": {"state": state, "fired_at": self.clock.now(), **fields}},
+        )
+
+    async def fire_due(self) -> int:
+        """Fire every deadline due now, earliest first. Returns how many fired."""
+        fired = 0
+        while (deadline := await self.claim_next(self.clock.now())) is not None:
+            await self.fire(deadline)
+            fired += 1
+        return fired
+
+    async def run(self) -> None:
+        interval = self.settings.poll_interval.total_seconds()
+        while True:
+            try:
+                if not self._advancing.locked():
+                    await self.fire_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("scheduler pass failed; will retry", error=repr(exc))
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="scheduler")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    # ------------------------------------------------------------ test clock
+
+    async def advance(self, to: datetime) -> list[dict[str, Any]]:
+        """Move the test clock to `to`, firing what falls due on the way, in order."""
+        clock = self.clock
+        if not isinstance(clock, TestClock):
+            raise RuntimeError("the clock can only be moved in test clock mode")
+        fired: list[dict[str, Any]] = []
+        async with self._advancing:
+            while True:
+                owners = sorted(self.active_owners())
+                next_doc = await self.collection.find_one(
+                    {"state": "pending", "due_at": {"$lte": to}, "owner": {"$in": owners}},
+                    sort=[("due_at", ASCENDING)],
+                )
+                if next_doc is None:
+                    break
+                if next_doc["due_at"] > clock.now():
+                    await clock.set(next_doc["due_at"])
+                while (deadline := await self.claim_next(clock.now())) is not None:
+                    await self.fire(deadline)
+                    fired.append({"id": deadline.id, "kind": deadline.kind, "owner": deadline.owner,
+                                  "due_at": deadline.due_at.isoformat()})
+            await clock.set(max(to, clock.now()))
+        return fired
+
+
+def _deadline(doc: dict[str, Any]) -> Deadline:
+    return Deadline(
+        id=doc["_id"], owner=doc["owner"], kind=doc["kind"], subject=doc["subject"],
+        due_at=doc["due_at"], payload=doc.get("payload") or {},
+    )

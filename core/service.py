@@ -1,0 +1,189 @@
+"""One running instance of rescenter: wires the parts, starts and stops them."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from core.bus import Bus, Subscription
+from core.clock import Clock, SystemClock, TestClock
+from core.http.app import build_app
+from core.http.core_routes import core_routes
+from core.http.routes import Route
+from core.messages import (
+    AcceptDelivery,
+    CancelOrder,
+    ChargebackReported,
+    DeliverOrder,
+    Envelope,
+    MessageData,
+    PlaceOrder,
+    RequestRevision,
+    SubmitRequirements,
+    core_catalogue,
+)
+from core.metrics import Metrics
+from core.orders import AUTO_COMPLETE, LATE, OrderService
+from core.outbox import Outbox
+from core.plugins import STATES, PluginRegistry, await_me_maybe
+from core.scheduler import CORE_OWNER, Scheduler
+from core.services import Services
+from core.settings import Settings
+from core.store import Store
+
+log = structlog.get_logger("rescenter.service")
+
+CORE_GROUP = "core"
+
+
+class Service:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.services: Services | None = None
+        self.routes: list[Route] = []
+        self.app: web.Application | None = None
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self, *, http: bool = True) -> Services:
+        settings = self.settings
+        instance = settings.service.instance
+        metrics = Metrics()
+        store = Store(settings.store.url, settings.store.database)
+        await store.ping()
+        clock: Clock = TestClock(store.collection("clock")) if settings.clock.mode == "test" else SystemClock()
+        if isinstance(clock, TestClock):
+            await clock.start()
+            log.warning("test clock mode: time is frozen and moves only when an admin advances it")
+        catalogue = core_catalogue()
+        plugins = PluginRegistry(settings.plugins, store, metrics)
+        plugins.load()
+        for result in plugins.call_each("register_message_types"):
+            for message_type in result.value:
+                catalogue.add(dataclasses.replace(message_type, owner=result.plugin))
+        bus = Bus(settings.bus, catalogue, metrics)
+        await bus.connect()
+        scheduler = Scheduler(store, clock, settings.scheduler, metrics, instance,
+                              active_owners=lambda: {CORE_OWNER} | plugins.enabled)
+        outbox = Outbox(store, bus, scheduler, settings.outbox, metrics)
+        outbox.register(STATES)
+        orders = OrderService(store, outbox, clock, settings.policy.orders, plugins, lambda: self.services)
+        services = Services(settings=settings, clock=clock, store=store, bus=bus, outbox=outbox,
+                            scheduler=scheduler, orders=orders, plugins=plugins, catalogue=catalogue,
+                            metrics=metrics, instance=instance)
+        self.services = services
+
+        # Declarations first, from every loaded plugin, so one switched off now can come back later.
+        for result in plugins.call_each("register_outbox_collections"):
+            for name in result.value:
+                outbox.register(name)
+        await bus.declare_group(CORE_GROUP, self._core_subscriptions(orders))
+        for result in plugins.call_each("register_subscriptions", services=services):
+            await bus.declare_group(result.plugin, list(result.value))
+        scheduler.register(CORE_OWNER, LATE, orders.on_late)
+        scheduler.register(CORE_OWNER, AUTO_COMPLETE, orders.on_auto_complete)
+        for result in plugins.call_each("register_deadline_handlers", services=services):
+            for kind, handler in result.value.items():
+                scheduler.register(result.plugin, kind, handler)
+        self.routes = core_routes()
+        for result in plugins.call_each("register_routes", services=services):
+            self.routes += [dataclasses.replace(route, plugin=result.plugin) for route in result.value]
+        await asyncio.gather(scheduler.create_indexes(), orders.create_indexes(), outbox.create_indexes())
+        for result in plugins.call_each("startup", services=services):
+            await await_me_maybe(result.value)
+
+        plugins.listeners.append(self._on_switch)
+        await plugins.refresh()
+        await bus.start_consuming(CORE_GROUP)
+        plugins.start_following()
+        scheduler.start()
+        outbox.start()
+        if http:
+            await self._start_http(services)
+        log.info("rescenter started", instance=instance, plugins=sorted(plugins.enabled),
+                 failed=sorted(plugins.failed), port=self.port)
+        return services
+
+    async def _start_http(self, services: Services) -> None:
+        self.app = build_app(services, self.routes)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port)
+        await site.start()
+        server = site._server  # the bound port, when 0 asked for any free one
+        self.port = server.sockets[0].getsockname()[1] if server and server.sockets else self.settings.http.port
+
+    async def _on_switch(self, plugin: str, on: bool) -> None:
+        assert self.services is not None
+        bus = self.services.bus
+        if plugin not in bus.groups:
+            return
+        if on:
+            await bus.start_consuming(plugin)
+        else:
+            await bus.stop_consuming(plugin)
+
+    def _core_subscriptions(self, orders: OrderService) -> list[Subscription]:
+        async def on_command(envelope: Envelope, data: MessageData) -> None:
+            await handle_core_message(orders, envelope, data)
+
+        return [Subscription(types=("command.order.#", "payment.chargeback_reported"), handler=on_command)]
+
+    async def stop(self) -> None:
+        """Stop taking work, finish what is in flight, then close connections."""
+        services = self.services
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if services is None:
+            return
+        await services.plugins.stop()
+        await services.scheduler.stop()
+        await services.bus.close()  # cancels consumers, drains in-flight handlers
+        await services.outbox.stop()
+        if isinstance(services.clock, TestClock):
+            await services.clock.stop()
+        await services.store.close()
+        log.info("rescenter stopped", instance=services.instance)
+
+    async def kill(self) -> None:
+        """Drop everything at once, as a crashed process would (for tests)."""
+        services = self.services
+        if self._runner is not None:
+            await self._runner.shutdown()
+        if services is None:
+            return
+        for stoppable in (services.plugins, services.scheduler, services.outbox):
+            await stoppable.stop()
+        if isinstance(services.clock, TestClock):
+            await services.clock.stop()
+        if services.bus.connection is not None:
+            await services.bus.connection.close()
+        await services.store.close()
+
+
+async def handle_core_message(orders: OrderService, envelope: Envelope, data: Any) -> None:
+    """Commands from other marketplace services and facts from payments (ORD-7)."""
+    mid = envelope.id
+    match data:
+        case PlaceOrder():
+            from core.messages import Actor
+
+            await orders.place(data, Actor(id=envelope.source, role="service"), message_id=mid)
+        case SubmitRequirements():
+            await orders.submit_requirements(data.order_id, data.actor, data.requirements, message_id=mid)
+        case DeliverOrder():
+            await orders.deliver(data.order_id, data.actor, data.message, data.attachments, message_id=mid)
+        case AcceptDelivery():
+            await orders.accept(data.order_id, data.actor, message_id=mid)
+        case RequestRevision():
+            await orders.request_revision(data.order_id, data.actor, data.reason, message_id=mid)
+        case CancelOrder():
+            await orders.cancel(data.order_id, data.actor, cause="support", reason=data.reason, message_id=mid)
+        case ChargebackReported():
+            await orders.chargeback(data.order_id, message_id=mid)
+        case _:
+            raise TypeError(f"the core does not handle {envelope.type}")

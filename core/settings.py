@@ -1,0 +1,200 @@
+"""Configuration: TOML defaults, overridden by environment variables.
+
+`config/defaults.toml` holds every default, including each policy number of
+RULES.md; `RESCENTER_<SECTION>__<KEY>` overrides any of them. A bad value stops
+the start with a message that names the key (`SettingsError`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "defaults.toml"
+DEV_SECRET = "dev-secret-change-me-in-production-0123456789"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServiceSettings(_Section):
+    environment: Literal["development", "test", "production"] = "development"
+    instance_id: str = ""
+
+    @property
+    def instance(self) -> str:
+        return self.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(65536, gt=0)
+
+
+class BusSettings(_Section):
+    url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    exchange: str = Field("rescenter.events", min_length=1)
+    queue_prefix: str = Field("rescenter", min_length=1)
+    prefetch: int = Field(64, ge=1, le=65535)
+    delivery_limit: int = Field(5, ge=1)
+    retry_delay: timedelta = timedelta(seconds=0.2)
+    shutdown_grace: timedelta = timedelta(seconds=10)
+    unrouted_max_length: int = Field(100_000, ge=1)
+
+
+class StoreSettings(_Section):
+    url: str = "mongodb://127.0.0.1:27017/"
+    database: str = Field("rescenter", min_length=1)
+
+
+class AuthSettings(_Section):
+    algorithm: Literal["HS256", "HS384", "HS512", "RS256", "ES256", "EdDSA"] = "HS256"
+    secret: str = Field(DEV_SECRET, min_length=32)
+    audience: str = "rescenter"
+    issuer: str = ""
+
+
+class ClockSettings(_Section):
+    mode: Literal["system", "test"] = "system"
+
+
+class SchedulerSettings(_Section):
+    poll_interval: timedelta = timedelta(seconds=0.5)
+    lease: timedelta = timedelta(seconds=30)
+
+
+class OutboxSettings(_Section):
+    sweep_interval: timedelta = timedelta(seconds=1)
+    lease: timedelta = timedelta(seconds=5)
+
+
+class PluginSettings(_Section):
+    enabled: list[str] = ["disputes", "reviews", "availability", "blocking", "metrics"]
+    extra: list[str] = []
+    poll_interval: timedelta = timedelta(seconds=1)
+
+
+Silence = Literal["accept", "decline", "record_unanswered"]
+
+
+class OrderPolicy(_Section):
+    auto_complete_after: timedelta = timedelta(days=3)  # ORD-4
+
+
+class DisputePolicy(_Section):
+    max_partial_refund_percent: int = Field(60, gt=0, le=100)  # DSP-2
+    seller_cancel_request_window: timedelta = timedelta(hours=48)  # DSP-4
+    seller_cancel_request_silence: Silence = "accept"
+    update_request_window: timedelta = timedelta(hours=48)  # DSP-5
+    update_request_silence: Silence = "record_unanswered"
+    buyer_cancel_request_window: timedelta = timedelta(hours=48)  # DSP-6
+    buyer_cancel_request_silence: Silence = "accept"
+    extension_request_window: timedelta = timedelta(days=2)  # DSP-7
+    extension_request_silence: Silence = "accept"
+    extra_offer_window: timedelta = timedelta(days=2)  # DSP-8
+    extra_offer_silence: Silence = "decline"
+
+
+class ReviewPolicy(_Section):
+    late_threshold: timedelta = timedelta(hours=24)  # REV-1
+    unanswered_threshold: timedelta = timedelta(hours=24)  # REV-1
+    min_completed_orders: int = Field(1, ge=0)  # REV-2
+    review_window: timedelta = timedelta(days=5)  # REV-4
+
+
+class SuccessScoreWeights(_Section):  # MET-4
+    completion_rate: float = Field(0.4, ge=0)
+    on_time_delivery: float = Field(0.3, ge=0)
+    answers_within_deadline: float = Field(0.15, ge=0)
+    review_rating: float = Field(0.15, ge=0)
+
+
+class MetricsPolicy(_Section):
+    completion_window: timedelta = timedelta(days=60)  # MET-1
+    mutual_cancel_reorder_window: timedelta = timedelta(days=14)  # MET-2
+    success_score_weights: SuccessScoreWeights = SuccessScoreWeights()
+
+
+class Policy(_Section):
+    orders: OrderPolicy = OrderPolicy()
+    disputes: DisputePolicy = DisputePolicy()
+    reviews: ReviewPolicy = ReviewPolicy()
+    metrics: MetricsPolicy = MetricsPolicy()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RESCENTER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    service: ServiceSettings = ServiceSettings()
+    http: HttpSettings = HttpSettings()
+    bus: BusSettings = BusSettings()
+    store: StoreSettings = StoreSettings()
+    auth: AuthSettings = AuthSettings()
+    clock: ClockSettings = ClockSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    outbox: OutboxSettings = OutboxSettings()
+    plugins: PluginSettings = PluginSettings()
+    policy: Policy = Policy()
+
+    @model_validator(mode="after")
+    def _production_guards(self) -> Settings:
+        if self.service.environment == "production":
+            if self.clock.mode == "test":
+                raise ValueError("clock.mode 'test' is refused when service.environment is 'production'")
+            if self.auth.secret == DEV_SECRET:
+                raise ValueError("auth.secret must be set (the development secret is refused in production)")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = os.environ.get("RESCENTER_CONFIG") or DEFAULT_CONFIG
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file))
+
+
+class SettingsError(Exception):
+    """The configuration cannot be used; the message names every bad key."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the TOML file and the environment; raise SettingsError naming bad keys."""
+    # The conventional variables, so that one MONGODB_URL points every tool at the same server.
+    shorthands = {"MONGODB_URL": "RESCENTER_STORE__URL", "RABBITMQ_URL": "RESCENTER_BUS__URL"}
+    for short, full in shorthands.items():
+        if os.environ.get(short) and not os.environ.get(full):
+            os.environ[full] = os.environ[short]
+    config_file = os.environ.get("RESCENTER_CONFIG")
+    if config_file and not Path(config_file).is_file():
+        raise SettingsError(f"RESCENTER_CONFIG: no such file {config_file!r}")
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            key = ".".join(str(part) for part in error["loc"]) or "settings"
+            lines.append(f"  {key}: {error['msg']} (got {error.get('input')!r})")
+        raise SettingsError("invalid configuration:\n" + "\n".join(lines)) from None

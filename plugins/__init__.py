@@ -1,0 +1,1 @@
+"""Built-in plugins. Each registers through pluggy exactly like an outside plugin."""
