@@ -20,6 +20,9 @@ from core.http.routes import Call, Route, parse_body
 log = structlog.get_logger("rescenter.http")
 
 PROBLEM_TYPE = "application/problem+json"
+SERVICES: web.AppKey[Any] = web.AppKey("services", object)
+ROUTES: web.AppKey[list[Route]] = web.AppKey("routes", list)
+MAX_BODY: web.AppKey[int] = web.AppKey("max_body_bytes", int)
 
 
 def _default(value: Any) -> Any:
@@ -50,7 +53,7 @@ def problem_response(problem: dict[str, Any], instance: str | None = None) -> we
 async def problems_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     started = time.perf_counter()
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-    metrics = request.app["services"].metrics
+    metrics = request.app[SERVICES].metrics
     status = 500
     try:
         response = await handler(request)
@@ -70,7 +73,7 @@ async def problems_middleware(request: web.Request, handler: Any) -> web.StreamR
             "detail": exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason,
         }
         if exc.status == 413:
-            problem["detail"] = f"the body is larger than {request.app['max_body_bytes']} bytes"
+            problem["detail"] = f"the body is larger than {request.app[MAX_BODY]} bytes"
         response = problem_response(problem, request.path)
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
@@ -87,7 +90,7 @@ async def problems_middleware(request: web.Request, handler: Any) -> web.StreamR
 
 def _wrap(route: Route, authenticator: Authenticator) -> Any:
     async def handle(request: web.Request) -> web.StreamResponse:
-        services = request.app["services"]
+        services = request.app[SERVICES]
         if route.plugin != "core" and route.plugin not in services.plugins.enabled:
             raise PluginDisabled(f"the {route.plugin} plugin is switched off", plugin=route.plugin)
         principal = None
@@ -112,9 +115,9 @@ def build_app(services: Any, routes: list[Route]) -> web.Application:
     app = web.Application(
         middlewares=[problems_middleware], client_max_size=settings.http.max_body_bytes
     )
-    app["services"] = services
-    app["routes"] = routes
-    app["max_body_bytes"] = settings.http.max_body_bytes
+    app[SERVICES] = services
+    app[ROUTES] = routes
+    app[MAX_BODY] = settings.http.max_body_bytes
     authenticator = Authenticator(settings.auth)
     seen: set[tuple[str, str]] = set()
     for route in routes:
@@ -126,4 +129,4 @@ def build_app(services: Any, routes: list[Route]) -> web.Application:
     return app
 
 
-__all__ = ["build_app", "json_response", "problem_response", "NotFound"]
+__all__ = ["build_app", "json_response", "problem_response", "NotFound", "ROUTES", "SERVICES"]

@@ -213,7 +213,9 @@ async def metrics(call: Call) -> web.Response:
 
 
 async def openapi(call: Call) -> dict[str, Any]:
-    return openapi_document(call.request.app["routes"])
+    from core.http.app import ROUTES
+
+    return openapi_document(call.request.app[ROUTES])
 
 
 async def asyncapi(call: Call) -> dict[str, Any]:
