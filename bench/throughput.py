@@ -1,0 +1,261 @@
+"""Throughput benchmark: order lifecycles through the running service vs raw aio-pika.
+
+    python bench/throughput.py --orders 2000
+
+Starts `rescenter run` as a separate process (every plugin on, system clock,
+its own database, exchange and queues), then, in one run:
+
+1. service: for each order publishes the four commands of its lifecycle
+   (place, submit requirements, deliver, accept) on the bus, as another
+   marketplace service would, and consumes the events the service publishes
+   after storing each change. Latency is from a command's publish to the
+   arrival of the event its stored change produced.
+2. raw: the same number of messages published with confirms to a quorum
+   queue on the same exchange and consumed with manual acks by plain
+   aio-pika in this process: the ceiling the service is measured against.
+
+It prints events/s, p50/p99 latency for both, and the ratio. It is not a
+test: figures vary with the machine; compare ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from core.messages import Actor, Envelope  # noqa: E402
+
+COMMANDS = ("command.order.place", "command.order.submit_requirements", "command.order.deliver",
+            "command.order.accept")
+EVENT_OF = {"order.placed": 0, "order.requirements_submitted": 1, "order.delivered": 2, "order.completed": 3}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def command(type_: str, order_id: str, buyer: str, seller: str) -> Envelope:
+    data: dict[str, Any]
+    if type_ == "command.order.place":
+        data = {"order_id": order_id, "buyer_id": buyer, "seller_id": seller, "gig_id": "gig-1",
+                "price": {"amount": "50.00", "currency": "EUR"}, "delivery_days": 3}
+    else:
+        party = "seller" if type_ == "command.order.deliver" else "buyer"
+        actor = Actor(id=seller if party == "seller" else buyer, role=party).model_dump()  # type: ignore[arg-type]
+        data = {"order_id": order_id, "actor": actor}
+        if type_ == "command.order.submit_requirements":
+            data["requirements"] = "a logo"
+        elif type_ == "command.order.deliver":
+            data["message"] = "done"
+    return Envelope(id=str(uuid.uuid4()), source="bench", type=type_, time=datetime.now(UTC),
+                    subject=order_id, data=data)
+
+
+async def run_service_load(url: str, exchange_name: str, orders: int, window: int) -> dict[str, Any]:
+    connection = await aio_pika.connect_robust(url)
+    async with connection:
+        publish_channel = await connection.channel(publisher_confirms=True)
+        exchange = await publish_channel.get_exchange(exchange_name)
+        consume_channel = await connection.channel()
+        await consume_channel.set_qos(prefetch_count=1000)
+        events = await consume_channel.declare_queue(exclusive=True, auto_delete=True)
+        for key in EVENT_OF:
+            await events.bind(exchange_name, routing_key=key)
+
+        sent: dict[tuple[str, int], float] = {}
+        latencies: list[float] = []
+        remaining = orders * len(COMMANDS)
+        finished = asyncio.Event()
+        inflight = asyncio.Semaphore(window)  # orders in flight at once
+
+        async def on_event(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            nonlocal remaining
+            body = json.loads(message.body)
+            step = EVENT_OF.get(body["type"])
+            started = sent.pop((body["subject"], step), None) if step is not None else None
+            if started is not None:
+                latencies.append(time.perf_counter() - started)
+                remaining -= 1
+                if step == 3:
+                    inflight.release()
+                if remaining == 0:
+                    finished.set()
+
+        await events.consume(on_event, no_ack=True)
+
+        async def lifecycle(index: int) -> None:
+            await inflight.acquire()
+            order_id = f"bench-{uuid.uuid4().hex[:12]}"
+            buyer, seller = f"buyer-{index % 97}", f"seller-{index % 89}"
+            for step, type_ in enumerate(COMMANDS):
+                envelope = command(type_, order_id, buyer, seller)
+                sent[(order_id, step)] = time.perf_counter()
+                await exchange.publish(
+                    aio_pika.Message(envelope.body(), message_id=envelope.id,
+                                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                    routing_key=type_)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(lifecycle(i) for i in range(orders)))
+        await asyncio.wait_for(finished.wait(), timeout=600)
+        elapsed = time.perf_counter() - started
+    count = orders * len(COMMANDS)
+    return {"messages": count, "seconds": elapsed, "per_second": count / elapsed,
+            "p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000}
+
+
+async def run_raw(url: str, exchange_name: str, prefix: str, count: int, window: int) -> dict[str, Any]:
+    """Plain aio-pika over the same exchange: publish with confirms, consume, ack."""
+    connection = await aio_pika.connect_robust(url)
+    async with connection:
+        publish_channel = await connection.channel(publisher_confirms=True)
+        exchange = await publish_channel.get_exchange(exchange_name)
+        consume_channel = await connection.channel()
+        await consume_channel.set_qos(prefetch_count=64)
+        queue = await consume_channel.declare_queue(
+            f"{prefix}.raw", durable=True, arguments={"x-queue-type": "quorum"})
+        await queue.bind(exchange_name, routing_key="bench.raw")
+        latencies: list[float] = []
+        received = 0
+        done = asyncio.Event()
+        inflight = asyncio.Semaphore(window * len(COMMANDS))
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            nonlocal received
+            sent_at = float(message.headers["sent"])  # type: ignore[arg-type]
+            await message.ack()
+            latencies.append(time.perf_counter() - sent_at)
+            received += 1
+            inflight.release()
+            if received == count:
+                done.set()
+
+        await queue.consume(on_message)
+
+        async def one(index: int) -> None:
+            await inflight.acquire()
+            await exchange.publish(
+                aio_pika.Message(b'{"n": %d}' % index, headers={"sent": time.perf_counter()},
+                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key="bench.raw")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(count)))
+        await asyncio.wait_for(done.wait(), timeout=600)
+        elapsed = time.perf_counter() - started
+        await queue.delete(if_unused=False, if_empty=False)
+    return {"messages": count, "seconds": elapsed, "per_second": count / elapsed,
+            "p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000}
+
+
+async def wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise SystemExit(f"the service exited with {process.returncode}")
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise SystemExit("the service did not become ready")
+
+
+async def cleanup(url: str, mongo_url: str, database: str, exchange: str, prefix: str) -> None:
+    from pymongo import AsyncMongoClient
+
+    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_url)
+    await client.drop_database(database)
+    await client.close()
+    connection = await aio_pika.connect(url)
+    async with connection:
+        for group in ("core", "disputes", "reviews", "availability", "blocking", "metrics"):
+            for name in (f"{prefix}.{group}", f"{prefix}.{group}.dead"):
+                channel = await connection.channel()
+                try:
+                    await channel.queue_delete(name)
+                except Exception:
+                    pass
+        for name in (exchange, f"{exchange}.unrouted", f"{prefix}.dead"):
+            channel = await connection.channel()
+            try:
+                await channel.exchange_delete(name)
+            except Exception:
+                pass
+        channel = await connection.channel()
+        try:
+            await channel.queue_delete(f"{exchange}.unrouted")
+        except Exception:
+            pass
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--orders", type=int, default=2000)
+    parser.add_argument("--window", type=int, default=100, help="order lifecycles in flight at once")
+    args = parser.parse_args()
+
+    url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    mongo_url = os.environ.get("MONGODB_URL", "mongodb://127.0.0.1:27017/")
+    tag = uuid.uuid4().hex[:8]
+    database, exchange, prefix = f"bench_{tag}", f"bench.{tag}.events", f"bench.{tag}"
+    port = free_port()
+    env = {
+        **os.environ,
+        "RABBITMQ_URL": url, "MONGODB_URL": mongo_url,
+        "RESCENTER_STORE__DATABASE": database, "RESCENTER_BUS__EXCHANGE": exchange,
+        "RESCENTER_BUS__QUEUE_PREFIX": prefix, "RESCENTER_HTTP__PORT": str(port),
+        "RESCENTER_CLOCK__MODE": "system",
+    }
+    process = subprocess.Popen([sys.executable, "-m", "core.cli", "--log-level", "WARNING", "run"],
+                               cwd=ROOT, env=env)
+    try:
+        await wait_ready(port, process)
+        service = await run_service_load(url, exchange, args.orders, args.window)
+        raw = await run_raw(url, exchange, prefix, service["messages"], args.window)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        await cleanup(url, mongo_url, database, exchange, prefix)
+
+    print(f"\n{args.orders} order lifecycles, {service['messages']} commands -> events, all plugins on")
+    print(f"{'':24}{'msgs/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'seconds':>10}")
+    for name, row in (("service (cmd -> event)", service), ("raw aio-pika (pub->ack)", raw)):
+        print(f"{name:24}{row['per_second']:>10.0f}{row['p50_ms']:>10.1f}{row['p99_ms']:>10.1f}{row['seconds']:>10.1f}")
+    print(f"ratio service/raw: {service['per_second'] / raw['per_second']:.3f}  "
+          f"(each lifecycle message costs the service a consume, a read, a version-guarded write,"
+          f" a confirmed publish and an outbox clear)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
