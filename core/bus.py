@@ -264,8 +264,12 @@ class Bus:
         if group is None or group.consumer_tag is None or group.queue is None:
             return
         tag, group.consumer_tag = group.consumer_tag, None
-        with contextlib.suppress(Exception):
-            await group.queue.cancel(tag)
+        # A robust connection that is closed, or waiting for the broker, would make the cancel
+        # wait forever; the broker drops the consumer with the connection anyway.
+        if self.connection is not None and not self.connection.is_closed:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await group.queue.cancel(tag)
         await self._drain(group, grace)
         log.info("consumer stopped", plugin=name)
 

@@ -246,7 +246,7 @@ class OrderService:
         def decide(order: dict[str, Any], now: datetime) -> Change:
             _require_party(order, actor, "seller")
             _require_state(order, {IN_PROGRESS, IN_REVISION}, "deliver")
-            if not message.strip() and not attachments:
+            if not message.strip() and not any(a.strip() for a in attachments):
                 # ORD-3: refused, and the attempt stays on the timeline.
                 reason = "a delivery needs a message or at least one attachment"
                 return Change(

@@ -137,7 +137,7 @@ class Outbox:
                 claimed = await col.find_one_and_update(
                     {"_id": stale["_id"], "_outbox_due": {"$lte": now}},
                     {"$set": {"_outbox_due": now + self.settings.lease}},
-                    projection={"_outbox": 1},
+                    # No projection: FerretDB 1.x refuses findAndModify's `fields`.
                     return_document=True,
                 )
                 if claimed is None:

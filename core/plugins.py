@@ -88,20 +88,21 @@ class PluginRegistry:
             self._load_one(ep.name, ep.load)
 
     def _load_one(self, name: str, loader: Callable[[], Any], *, builtin: bool = False) -> None:
-        if name in self.modules:
-            self.failed[name] = f"a plugin named {name!r} is already loaded"
-            log.error("plugin not loaded", plugin=name, error=self.failed[name])
-            return
+        plugin = None
         try:
             plugin = loader()
+            name = getattr(plugin, "NAME", name)  # a plugin may name itself
+            if name in self.modules:
+                raise ValueError(f"a plugin named {name!r} is already loaded")
             self.pm.register(plugin, name=name)
             # A misspelled hook name is an error of this plugin alone.
             self.pm.check_pending()
         except Exception as exc:
-            if self.pm.get_plugin(name) is not None:
-                self.pm.unregister(name=name)
-            self.failed[name] = f"{type(exc).__name__}: {exc}"
-            log.error("plugin failed to load; the others run", plugin=name, error=self.failed[name])
+            if plugin is not None and self.pm.is_registered(plugin) and name not in self.modules:
+                self.pm.unregister(plugin)
+            failed_name = name if name not in self.modules else f"{name} (duplicate)"
+            self.failed[failed_name] = f"{type(exc).__name__}: {exc}"
+            log.error("plugin failed to load; the others run", plugin=name, error=self.failed[failed_name])
             return
         self.modules[name] = plugin
         if builtin:

@@ -82,8 +82,11 @@ class Service:
             for name in result.value:
                 outbox.register(name)
         await bus.declare_group(CORE_GROUP, self._core_subscriptions(orders))
+        subscriptions: dict[str, list[Subscription]] = {}
         for result in plugins.call_each("register_subscriptions", services=services):
-            await bus.declare_group(result.plugin, list(result.value))
+            subscriptions.setdefault(result.plugin, []).extend(result.value)
+        for plugin, declared in subscriptions.items():
+            await bus.declare_group(plugin, declared)
         scheduler.register(CORE_OWNER, LATE, orders.on_late)
         scheduler.register(CORE_OWNER, AUTO_COMPLETE, orders.on_auto_complete)
         for result in plugins.call_each("register_deadline_handlers", services=services):

@@ -11,9 +11,9 @@ import os
 import socket
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,6 +23,18 @@ from pydantic_settings import (
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "defaults.toml"
 DEV_SECRET = "dev-secret-change-me-in-production-0123456789"
+
+
+def _iso_8601_only(value: object) -> object:
+    """Durations are written in ISO 8601 (P3D, PT48H). A bare number would be read as
+    seconds (`auto_complete_after = 3`: three seconds) and "3 days" parses only by
+    luck ("3 weeks" does not): both are refused."""
+    if isinstance(value, str | int | float) and not str(value).strip().lstrip("+-").upper().startswith("P"):
+        raise ValueError("expected an ISO 8601 duration such as P3D, PT48H or PT0.5S")
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_iso_8601_only)]
 
 
 class _Section(BaseModel):
@@ -50,8 +62,8 @@ class BusSettings(_Section):
     queue_prefix: str = Field("rescenter", min_length=1)
     prefetch: int = Field(64, ge=1, le=65535)
     delivery_limit: int = Field(5, ge=1)
-    retry_delay: timedelta = timedelta(seconds=0.2)
-    shutdown_grace: timedelta = timedelta(seconds=10)
+    retry_delay: Duration = timedelta(seconds=0.2)
+    shutdown_grace: Duration = timedelta(seconds=10)
     unrouted_max_length: int = Field(100_000, ge=1)
 
 
@@ -72,47 +84,47 @@ class ClockSettings(_Section):
 
 
 class SchedulerSettings(_Section):
-    poll_interval: timedelta = timedelta(seconds=0.5)
-    lease: timedelta = timedelta(seconds=30)
+    poll_interval: Duration = timedelta(seconds=0.5)
+    lease: Duration = timedelta(seconds=30)
 
 
 class OutboxSettings(_Section):
-    sweep_interval: timedelta = timedelta(seconds=1)
-    lease: timedelta = timedelta(seconds=5)
+    sweep_interval: Duration = timedelta(seconds=1)
+    lease: Duration = timedelta(seconds=5)
 
 
 class PluginSettings(_Section):
     enabled: list[str] = ["disputes", "reviews", "availability", "blocking", "metrics"]
     extra: list[str] = []
-    poll_interval: timedelta = timedelta(seconds=1)
+    poll_interval: Duration = timedelta(seconds=1)
 
 
 Silence = Literal["accept", "decline", "record_unanswered"]
 
 
 class OrderPolicy(_Section):
-    auto_complete_after: timedelta = timedelta(days=3)  # ORD-4
+    auto_complete_after: Duration = timedelta(days=3)  # ORD-4
 
 
 class DisputePolicy(_Section):
     max_partial_refund_percent: int = Field(60, gt=0, le=100)  # DSP-2
-    seller_cancel_request_window: timedelta = timedelta(hours=48)  # DSP-4
+    seller_cancel_request_window: Duration = timedelta(hours=48)  # DSP-4
     seller_cancel_request_silence: Silence = "accept"
-    update_request_window: timedelta = timedelta(hours=48)  # DSP-5
+    update_request_window: Duration = timedelta(hours=48)  # DSP-5
     update_request_silence: Silence = "record_unanswered"
-    buyer_cancel_request_window: timedelta = timedelta(hours=48)  # DSP-6
+    buyer_cancel_request_window: Duration = timedelta(hours=48)  # DSP-6
     buyer_cancel_request_silence: Silence = "accept"
-    extension_request_window: timedelta = timedelta(days=2)  # DSP-7
+    extension_request_window: Duration = timedelta(days=2)  # DSP-7
     extension_request_silence: Silence = "accept"
-    extra_offer_window: timedelta = timedelta(days=2)  # DSP-8
+    extra_offer_window: Duration = timedelta(days=2)  # DSP-8
     extra_offer_silence: Silence = "decline"
 
 
 class ReviewPolicy(_Section):
-    late_threshold: timedelta = timedelta(hours=24)  # REV-1
-    unanswered_threshold: timedelta = timedelta(hours=24)  # REV-1
+    late_threshold: Duration = timedelta(hours=24)  # REV-1
+    unanswered_threshold: Duration = timedelta(hours=24)  # REV-1
     min_completed_orders: int = Field(1, ge=0)  # REV-2
-    review_window: timedelta = timedelta(days=5)  # REV-4
+    review_window: Duration = timedelta(days=5)  # REV-4
 
 
 class SuccessScoreWeights(_Section):  # MET-4
@@ -123,8 +135,8 @@ class SuccessScoreWeights(_Section):  # MET-4
 
 
 class MetricsPolicy(_Section):
-    completion_window: timedelta = timedelta(days=60)  # MET-1
-    mutual_cancel_reorder_window: timedelta = timedelta(days=14)  # MET-2
+    completion_window: Duration = timedelta(days=60)  # MET-1
+    mutual_cancel_reorder_window: Duration = timedelta(days=14)  # MET-2
     success_score_weights: SuccessScoreWeights = SuccessScoreWeights()
 
 
