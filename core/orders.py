@@ -21,7 +21,8 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import DuplicateKeyError
 
 from core.clock import Clock
-from core.errors import Conflict, Forbidden, NotFound, RescenterError, RuleViolation
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound, RescenterError, RuleViolation
+from core.locks import KeyedLocks
 from core.messages import (
     Actor,
     DeliveryRefused,
@@ -124,6 +125,7 @@ class OrderService:
         self.policy = policy
         self.plugins = plugins
         self._services = services_ref
+        self._writing = KeyedLocks()
         outbox.register(COLLECTION)
 
     async def create_indexes(self) -> None:
@@ -153,8 +155,10 @@ class OrderService:
     async def place(self, command: PlaceOrder, actor: Actor, *, message_id: str | None = None) -> dict[str, Any]:
         existing = await self.collection.find_one({"_id": command.order_id})
         if existing is not None:
-            if existing.get("placement_id") == (message_id or command.order_id) or _same_order(existing, command):
+            if _same_order(existing, command):
                 return existing  # a retried placement
+            if message_id is not None and existing.get("placement_id") == message_id:
+                raise InvalidInput("this Idempotency-Key was used for a different order", order_id=command.order_id)
             raise Conflict(f"order id {command.order_id!r} is taken", order_id=command.order_id)
         if actor.role == "buyer" and actor.id != command.buyer_id:
             raise Forbidden("a buyer places orders for themselves only")
@@ -352,6 +356,18 @@ class OrderService:
     # ------------------------------------------------------------ the write
 
     async def _command(
+        self,
+        order_id: str,
+        decide: Callable[[dict[str, Any], datetime], Change],
+        *,
+        message_id: str | None = None,
+    ) -> dict[str, Any]:
+        # One writer per order in this process. FerretDB 1.x (SQLite) does not isolate a
+        # conditional update, so two concurrent writers could both pass the version guard.
+        async with self._writing.hold(order_id):
+            return await self._decide_and_write(order_id, decide, message_id=message_id)
+
+    async def _decide_and_write(
         self,
         order_id: str,
         decide: Callable[[dict[str, Any], datetime], Change],

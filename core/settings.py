@@ -195,10 +195,11 @@ class SettingsError(Exception):
 def load_settings(**overrides: object) -> Settings:
     """Read the TOML file and the environment; raise SettingsError naming bad keys."""
     # The conventional variables, so that one MONGODB_URL points every tool at the same server.
-    shorthands = {"MONGODB_URL": "RESCENTER_STORE__URL", "RABBITMQ_URL": "RESCENTER_BUS__URL"}
-    for short, full in shorthands.items():
-        if os.environ.get(short) and not os.environ.get(full):
-            os.environ[full] = os.environ[short]
+    shorthands = {"MONGODB_URL": ("RESCENTER_STORE__URL", "store"), "RABBITMQ_URL": ("RESCENTER_BUS__URL", "bus")}
+    for short, (full, section) in shorthands.items():
+        if os.environ.get(short) and not os.environ.get(full) and section not in overrides:
+            # Sources are deep-merged: this sets the url and keeps the section's other keys.
+            overrides[section] = {"url": os.environ[short]}
     config_file = os.environ.get("RESCENTER_CONFIG")
     if config_file and not Path(config_file).is_file():
         raise SettingsError(f"RESCENTER_CONFIG: no such file {config_file!r}")
