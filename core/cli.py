@@ -86,12 +86,13 @@ async def _run(settings: Settings) -> int:
 
 async def _plugins(settings: Settings, action: str, name: str | None) -> int:
     """Admin tasks straight on the store: running instances follow within seconds."""
-    from core.plugins import STATES, PluginRegistry
-    from core.metrics import Metrics
-    from core.store import Store
     from core.clock import utcnow
+    from core.metrics import Metrics
+    from core.plugins import STATES, PluginRegistry
+    from core.store import Store
 
     store = Store(settings.store.url, settings.store.database)
+    await store.connect()
     try:
         registry = PluginRegistry(settings.plugins, store, Metrics())
         registry.load()

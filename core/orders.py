@@ -21,7 +21,14 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import DuplicateKeyError
 
 from core.clock import Clock
-from core.errors import Conflict, Forbidden, InvalidInput, NotFound, RescenterError, RuleViolation
+from core.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    RescenterError,
+    RuleViolation,
+)
 from core.locks import KeyedLocks
 from core.messages import (
     Actor,
@@ -194,7 +201,8 @@ class OrderService:
             await self.collection.insert_one(order)
         except DuplicateKeyError:
             raise Conflict(f"order id {command.order_id!r} is taken", order_id=command.order_id) from None
-        await self.outbox.flush(COLLECTION, order)
+        async with self._writing.hold(order["_id"]):  # a reaction to order.placed waits for the flush
+            await self._flush_quietly(order)  # stored: placed, even if the event waits for the sweeper
         log.info("order placed", order_id=order["_id"])
         return order
 

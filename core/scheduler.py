@@ -21,7 +21,8 @@ from typing import Any
 
 import structlog
 from pydantic import AwareDatetime, BaseModel, ConfigDict
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING
+from pymongo.errors import DuplicateKeyError
 
 from core.clock import Clock, TestClock
 from core.metrics import Metrics
@@ -32,6 +33,7 @@ log = structlog.get_logger("rescenter.scheduler")
 
 CORE_OWNER = "core"
 MAX_ATTEMPTS = 5
+CLAIM_BATCH = 20  # candidates tried per pass when other instances take the first ones
 
 
 class Deadline(BaseModel):
@@ -63,6 +65,7 @@ class Scheduler:
         active_owners: Callable[[], set[str]],
     ) -> None:
         self.collection = store.collection("deadlines")
+        self.claims = store.collection("deadline_claims")  # one id per (deadline, attempt)
         self.clock = clock
         self.settings = settings
         self.metrics = metrics
@@ -119,25 +122,36 @@ class Scheduler:
     async def claim_next(self, now: datetime) -> Deadline | None:
         owners = sorted(self.active_owners())
         real_now = _real_now()
-        claim = {
-            "$set": {
-                "state": "claimed",
-                "claimed_by": self.instance,
-                "lease_until": real_now + self.settings.lease,
-            },
-            "$inc": {"attempts": 1},
-        }
         # First deadlines whose claimer died, then due ones, earliest first.
         for query in (
             {"state": "claimed", "lease_until": {"$lte": real_now}, "owner": {"$in": owners}},
             {"state": "pending", "due_at": {"$lte": now}, "owner": {"$in": owners}},
         ):
-            doc = await self.collection.find_one_and_update(
-                query, claim, sort=[("due_at", ASCENDING)], return_document=ReturnDocument.AFTER
-            )
-            if doc is not None:
-                return _deadline(doc)
+            async for doc in self.collection.find(query).sort("due_at", ASCENDING).limit(CLAIM_BATCH):
+                if await self._claim(doc, real_now):
+                    return _deadline(doc)
         return None
+
+    async def _claim(self, doc: dict[str, Any], real_now: datetime) -> bool:
+        """Take attempt n+1 of a deadline, unless another instance already has.
+
+        FerretDB 1.x (SQLite) runs a conditional update without isolation: two
+        instances can both "win" the same find_one_and_update. Inserting a
+        unique id is atomic there too, so the attempt's claim is that insert.
+        """
+        attempt = doc.get("attempts", 0) + 1
+        try:
+            await self.claims.insert_one(
+                {"_id": f"{doc['_id']}#{attempt}", "instance": self.instance, "at": real_now}
+            )
+        except DuplicateKeyError:
+            return False
+        taken = await self.collection.update_one(
+            {"_id": doc["_id"], "state": doc["state"]},  # not cancelled meanwhile
+            {"$set": {"state": "claimed", "claimed_by": self.instance, "attempts": attempt,
+                      "lease_until": real_now + self.settings.lease}},
+        )
+        return taken.modified_count == 1
 
     async def fire(self, deadline: Deadline) -> None:
         handler = self.handlers.get((deadline.owner, deadline.kind))

@@ -54,7 +54,7 @@ class Service:
         instance = settings.service.instance
         metrics = Metrics()
         store = Store(settings.store.url, settings.store.database)
-        await store.ping()
+        await store.connect()
         clock: Clock = TestClock(store.collection("clock")) if settings.clock.mode == "test" else SystemClock()
         if isinstance(clock, TestClock):
             await clock.start()

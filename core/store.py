@@ -12,29 +12,81 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import structlog
 from pymongo import AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+
+log = structlog.get_logger("rescenter.store")
 
 #: how many message ids a document remembers to refuse a redelivery
 APPLIED_KEEP = 200
 
 
 class Store:
+    """A database handle. `connect()` picks the client.
+
+    FerretDB 1.x runs a conditional update as a query followed by a separate
+    write, without isolation between concurrent requests (upstream issue
+    FerretDB#3040): two connections can both "win" the same version guard, and
+    concurrent `$inc`s are lost. A single connection processes one request at a
+    time, so against FerretDB every Store of this process shares one client with
+    one connection: each operation is then atomic, as on MongoDB. Across
+    processes FerretDB 1.x cannot give that; run several instances on MongoDB
+    (each instance then has its own pool).
+    """
+
+    _shared: dict[str, tuple[AsyncMongoClient[dict[str, Any]], int]] = {}
+
     def __init__(self, url: str, database: str) -> None:
-        self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            url, tz_aware=True, serverSelectionTimeoutMS=5000, appname="rescenter"
+        self.url = url
+        self.database = database
+        self.client: AsyncMongoClient[dict[str, Any]] | None = None
+        self.db: AsyncDatabase[dict[str, Any]] | None = None
+        self.serialized = False
+
+    async def connect(self) -> None:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            self.url, tz_aware=True, serverSelectionTimeoutMS=5000, appname="rescenter"
         )
-        self.db: AsyncDatabase[dict[str, Any]] = self.client[database]
+        info = await client.admin.command("buildInfo")
+        if "ferretdbVersion" in info:
+            await client.close()
+            shared, users = Store._shared.get(self.url, (None, 0))
+            if shared is None:
+                shared = AsyncMongoClient(
+                    self.url, tz_aware=True, serverSelectionTimeoutMS=5000, appname="rescenter",
+                    maxPoolSize=1,
+                )
+                log.warning("FerretDB detected: database operations of this process go through one "
+                            "connection, the only way FerretDB 1.x keeps an update atomic",
+                            ferretdb=info["ferretdbVersion"])
+            Store._shared[self.url] = (shared, users + 1)
+            client, self.serialized = shared, True
+        self.client = client
+        self.db = client[self.database]
 
     def collection(self, name: str) -> AsyncCollection[dict[str, Any]]:
+        if self.db is None:
+            raise RuntimeError("Store.connect() first")
         return self.db[name]
 
     async def ping(self) -> None:
+        if self.db is None:
+            raise RuntimeError("Store.connect() first")
         await self.db.command("ping")
 
     async def close(self) -> None:
-        await self.client.close()
+        if self.client is None:
+            return
+        client, self.client, self.db = self.client, None, None
+        if self.serialized:
+            shared, users = Store._shared[self.url]
+            if users > 1:
+                Store._shared[self.url] = (shared, users - 1)
+                return
+            del Store._shared[self.url]
+        await client.close()
 
 
 def guarded_update(

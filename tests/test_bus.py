@@ -1,0 +1,374 @@
+"""The bus against the real RabbitMQ: redeliveries (ORD-6, ORD-7), dead letters
+with their reason, the delivery limit, unroutable messages, and a broker
+restart under a running service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import aio_pika
+import pytest
+
+from core.bus import Bus, Unroutable
+from core.clock import utcnow
+from core.messages import (
+    Actor,
+    ChargebackReported,
+    DeliverOrder,
+    Envelope,
+    Money,
+    PlaceOrder,
+    SubmitRequirements,
+    core_catalogue,
+)
+from core.metrics import Metrics
+from tests import failing_plugin
+from tests.harness import ORDER, Harness
+from tests.support import consumed, eventually, header
+
+BUYER = Actor(id="buyer-1", role="buyer")
+SELLER = Actor(id="seller-1", role="seller")
+SUBMIT = "command.order.submit_requirements"
+
+
+def place_command(order_id: str, *, gig_id: str = "gig-1") -> PlaceOrder:
+    return PlaceOrder(order_id=order_id, buyer_id="buyer-1", seller_id="seller-1", gig_id=gig_id,
+                      price=Money(amount=Decimal("80.00"), currency="EUR"), delivery_days=3)
+
+
+async def place_over_bus(h: Harness, order_id: str) -> None:
+    await h.publish("command.order.place", place_command(order_id), subject=order_id)
+    await h.probe.wait_for("order.placed", lambda m: m.subject == order_id)
+
+
+async def queue_depth(h: Harness, queue: str) -> int:
+    """Messages ready in a queue (not counting those a consumer holds)."""
+    connection = await aio_pika.connect(h.settings.bus.url)
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return declared.declaration_result.message_count or 0
+
+
+# ---------------------------------------------------------------- redelivery
+
+
+async def test_ORD_6_redelivered_command_changes_nothing_twice() -> None:
+    async with Harness() as h:
+        service = await h.start_instance()
+        buyer = h.client(service, "buyer-1", "buyer")
+        order_id = "bus-redelivered-1"
+        await place_over_bus(h, order_id)
+
+        submit = SubmitRequirements(order_id=order_id, actor=BUYER, requirements="a blue logo")
+        await h.publish(SUBMIT, submit, subject=order_id, id="submit-once")
+        await h.publish(SUBMIT, submit, subject=order_id, id="submit-once")  # the broker redelivers it
+        await eventually(lambda: consumed(service, "core", SUBMIT) == 2, what="both copies handled")
+
+        await h.probe.wait_for("order.requirements_submitted", lambda m: m.subject == order_id)
+        await h.probe.settle(0.3)
+        assert len(h.probe.of_type("order.requirements_submitted", order_id)) == 1
+        order = await buyer.get(f"/orders/{order_id}", expect=200)
+        assert order["state"] == "in_progress"
+        assert order["version"] == 2  # placed, then changed once
+        timeline = await buyer.get(f"/orders/{order_id}/timeline", expect=200)
+        assert [e["type"] for e in timeline["entries"]] == ["order.placed", "order.requirements_submitted"]
+        # The copy was a no-op, not a refusal: nothing was dead-lettered.
+        assert await queue_depth(h, f"{h.settings.bus.queue_prefix}.core.dead") == 0
+
+
+async def test_ORD_7_chargeback_reported_twice_cancels_once() -> None:
+    async with Harness() as h:
+        service = await h.start_instance()
+        buyer = h.client(service, "buyer-1", "buyer")
+        order_id = "bus-chargeback-1"
+        await place_over_bus(h, order_id)
+
+        report = ChargebackReported(order_id=order_id, payment_id="pay-1")
+        await h.publish("payment.chargeback_reported", report, subject=order_id, id="chargeback-1")
+        await h.publish("payment.chargeback_reported", report, subject=order_id, id="chargeback-1")
+        await eventually(lambda: consumed(service, "core", "payment.chargeback_reported") == 2,
+                         what="both copies handled")
+
+        cancelled = await h.probe.wait_for("order.cancelled", lambda m: m.subject == order_id)
+        await h.probe.settle(0.3)
+        assert len(h.probe.of_type("order.cancelled", order_id)) == 1
+        assert cancelled[0].data["cause"] == "chargeback" and cancelled[0].data["rule"] == "ORD-7"
+        order = await buyer.get(f"/orders/{order_id}", expect=200)
+        assert order["state"] == "cancelled" and order["cancel_cause"] == "chargeback"
+        timeline = await buyer.get(f"/orders/{order_id}/timeline", expect=200)
+        assert [e["type"] for e in timeline["entries"]] == ["order.placed", "order.cancelled"]
+        assert await queue_depth(h, f"{h.settings.bus.queue_prefix}.core.dead") == 0
+
+
+# ---------------------------------------------------------------- dead letters
+
+
+async def test_malformed_messages_are_dead_lettered_with_the_reason_and_the_consumer_carries_on() -> None:
+    async with Harness() as h:
+        service = await h.start_instance()
+        await h.publish("command.order.place", {}, raw=b"{this is not json")
+        await h.publish("command.order.place", {"order_id": "bad-1", "buyer_id": "buyer-1"}, subject="bad-1",
+                        id="invalid-data")
+        await h.publish("command.order.zzz", {"order_id": "bad-2"}, subject="bad-2", id="unknown-type")
+        await place_over_bus(h, "after-the-bad-ones")  # processed: the consumer is still there
+
+        dead = await h.dead_letters("core", count=3)
+        errors = {header(m, "x-rescenter-error"): m for m in dead}
+        assert {header(m, "x-rescenter-reason") for m in dead} == {"invalid"}
+        assert all(header(m, "x-rescenter-queue") == f"{h.settings.bus.queue_prefix}.core" for m in dead)
+
+        not_json = [e for e in errors if e.startswith("invalid envelope")]
+        assert len(not_json) == 1 and "JSON" in not_json[0]
+        assert errors[not_json[0]].body == b"{this is not json"  # kept as it came, for a human to look at
+
+        bad_data = [e for e in errors if e.startswith("invalid data for command.order.place")]
+        assert len(bad_data) == 1
+        for missing in ("seller_id", "gig_id", "price", "delivery_days"):
+            assert missing in bad_data[0]
+        assert errors[bad_data[0]].message_id == "invalid-data"
+
+        unknown = [e for e in errors if "unknown message type" in e]
+        assert unknown == ["unknown message type 'command.order.zzz'"]
+        assert header(errors[unknown[0]], "x-rescenter-routing-key") == "command.order.zzz"
+
+        order = await h.client(service, "buyer-1", "buyer").get("/orders/after-the-bad-ones", expect=200)
+        assert order["state"] == "awaiting_requirements"
+        assert await service.services.orders.collection.count_documents({"_id": {"$in": ["bad-1", "bad-2"]}}) == 0
+
+
+async def test_ORD_1_command_refused_by_a_rule_is_dead_lettered_as_rejected_with_the_rule() -> None:
+    async with Harness() as h:
+        service = await h.start_instance()
+        buyer = h.client(service, "buyer-1", "buyer")
+        seller = h.client(service, "seller-1", "seller")
+        order_id = (await buyer.post("/orders", ORDER, expect=201))["id"]
+        await buyer.post(f"/orders/{order_id}/requirements", {"requirements": "x"}, expect=200)
+        await seller.post(f"/orders/{order_id}/deliveries", {"message": "v1"}, expect=200)
+        await buyer.post(f"/orders/{order_id}/acceptance", expect=200)
+        await h.probe.wait_for("order.completed", lambda m: m.subject == order_id)
+
+        late_work = DeliverOrder(order_id=order_id, actor=SELLER, message="one more thing")
+        await h.publish("command.order.deliver", late_work, subject=order_id, id="deliver-after-completion")
+
+        [dead] = await h.dead_letters("core")
+        assert header(dead, "x-rescenter-reason") == "rejected"
+        error = header(dead, "x-rescenter-error")
+        assert error.startswith("ORD-1: ") and "completed" in error
+        assert dead.message_id == "deliver-after-completion"
+        order = await buyer.get(f"/orders/{order_id}", expect=200)
+        assert order["state"] == "completed" and order["delivery_count"] == 1
+        await h.probe.settle(0.3)
+        assert len(h.probe.of_type("order.delivered", order_id)) == 1
+
+
+async def test_ORD_3_empty_delivery_over_the_bus_is_recorded_then_dead_lettered() -> None:
+    async with Harness() as h:
+        service = await h.start_instance()
+        buyer = h.client(service, "buyer-1", "buyer")
+        order_id = "bus-empty-delivery"
+        await place_over_bus(h, order_id)
+        await h.publish(SUBMIT, SubmitRequirements(order_id=order_id, actor=BUYER, requirements="x"),
+                        subject=order_id)
+        await h.probe.wait_for("order.requirements_submitted", lambda m: m.subject == order_id)
+
+        await h.publish("command.order.deliver", DeliverOrder(order_id=order_id, actor=SELLER, message="  "),
+                        subject=order_id, id="empty-delivery")
+
+        [dead] = await h.dead_letters("core")
+        assert header(dead, "x-rescenter-reason") == "rejected"
+        assert header(dead, "x-rescenter-error").startswith("ORD-3: empty delivery refused")
+        refused = await h.probe.wait_for("order.delivery_refused", lambda m: m.subject == order_id)
+        assert refused[0].data["rule"] == "ORD-3"
+        order = await buyer.get(f"/orders/{order_id}", expect=200)
+        assert order["state"] == "in_progress" and order["delivery_count"] == 0
+        timeline = await buyer.get(f"/orders/{order_id}/timeline", expect=200)
+        assert [e["type"] for e in timeline["entries"]][-1] == "order.delivery_refused"
+
+
+async def test_handler_that_keeps_failing_is_dead_lettered_after_the_delivery_limit() -> None:
+    async with Harness() as h:
+        limit = 3  # not the default, so the setting is what counts
+        service = await h.start_instance(plugins={"extra": ["tests.failing_plugin"]},
+                                         bus={"delivery_limit": limit})
+        assert "failing_plugin" in service.services.plugins.enabled
+        await h.publish(failing_plugin.TYPE, {"note": "boom"}, id="poke-1")
+
+        [dead] = await h.dead_letters("failing_plugin")
+        assert header(dead, "x-rescenter-reason") == "delivery_limit"
+        assert header(dead, "x-rescenter-error") == "RuntimeError: the failing plugin cannot handle poke-1"
+        assert dead.message_id == "poke-1"
+        # The dead letter is sent after the last attempt: the count is final.
+        attempts = await service.services.store.collection(failing_plugin.COLLECTION).find_one({"_id": "poke-1"})
+        assert attempts["attempts"] == limit
+        # Given up for good: nothing left in the queue to try again.
+        assert await queue_depth(h, f"{h.settings.bus.queue_prefix}.failing_plugin") == 0
+
+
+# ---------------------------------------------------------------- unroutable
+
+
+async def test_publish_raises_unroutable_when_the_broker_returns_the_message() -> None:
+    async with Harness() as h:
+        # The harness's probe listens to everything; unbind it so nothing is subscribed.
+        await h.probe.queue.unbind(h.settings.bus.exchange, "#")
+        bus = Bus(h.settings.bus, core_catalogue(), Metrics())
+        await bus.connect()
+        try:
+            def envelope(id_: str) -> Envelope:
+                return Envelope(id=id_, source="tests", type="order.nobody_listens", time=utcnow(),
+                                subject="o-1", data={})
+
+            # Nobody subscribes: the alternate exchange keeps it.
+            await bus.publish(envelope("kept"))
+            await eventually(lambda: queue_depth(h, bus.unrouted_name), what="the unrouted queue holds it")
+
+            # Even that queue is gone: the broker returns the message, publish says so.
+            connection = await aio_pika.connect(h.settings.bus.url)
+            async with connection:
+                await (await connection.channel()).queue_delete(bus.unrouted_name)
+            with pytest.raises(Unroutable, match="order.nobody_listens was returned"):
+                await bus.publish(envelope("returned"))
+        finally:
+            await bus.close()
+
+
+# ---------------------------------------------------------------- broker restart
+
+
+def _local_broker(url: str) -> bool:
+    return urlparse(url).hostname in ("127.0.0.1", "localhost", "::1")
+
+
+def _rabbitmqctl_candidates() -> list[str]:
+    """scripts/services writes a rabbitmqctl aimed at the node it runs; else the one on PATH."""
+    shim = Path(__file__).resolve().parent.parent / ".local" / "bin" / "rabbitmqctl"
+    found = [str(shim)] if shim.is_file() else []
+    on_path = shutil.which("rabbitmqctl")
+    return found + ([on_path] if on_path and on_path not in found else [])
+
+
+async def _run(*command: str, timeout: float = 60) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        return -1, f"{command} took more than {timeout} s"
+    return process.returncode or 0, output.decode(errors="replace")
+
+
+async def _rabbitmqctl_for(port: int) -> str:
+    """The rabbitmqctl that reaches the node listening for AMQP on `port`."""
+    tried = []
+    for tool in _rabbitmqctl_candidates():
+        code, output = await _run(tool, "-q", "status", "--formatter", "json", timeout=30)
+        try:
+            listeners = json.loads(output).get("listeners", []) if code == 0 else []
+        except ValueError:
+            listeners = []
+        if any(item.get("protocol") == "amqp" and item.get("port") == port for item in listeners):
+            return tool
+        tried.append(f"{tool} (exit {code})")
+    raise AssertionError(f"no rabbitmqctl reaches the node serving AMQP on port {port}; tried {tried}")
+
+
+async def _rabbitmqctl(tool: str, *args: str) -> None:
+    code, output = await _run(tool, *args)
+    assert code == 0, f"rabbitmqctl {' '.join(args)} failed: {output}"
+
+
+class Witness:
+    """A consumer on a durable queue, as another service would keep one: it
+    misses nothing published while the broker restarts."""
+
+    def __init__(self, h: Harness) -> None:
+        self.h = h
+        self.name = f"{h.settings.bus.queue_prefix}.witness"
+        self.messages: list[Envelope] = []
+        self.connection: Any = None
+
+    async def start(self) -> None:
+        self.connection = await aio_pika.connect_robust(self.h.settings.bus.url, reconnect_interval=1)
+        channel = await self.connection.channel()
+        queue = await channel.declare_queue(self.name, durable=True)
+        await queue.bind(self.h.settings.bus.exchange, routing_key="order.*")
+        await queue.consume(self._on_message, no_ack=True)
+
+    async def _on_message(self, message: Any) -> None:
+        self.messages.append(Envelope.model_validate_json(message.body))
+
+    def has(self, type_: str, subject: str) -> bool:
+        return any(m.type == type_ and m.subject == subject for m in self.messages)
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                channel = await self.connection.channel()
+                await channel.queue_delete(self.name)
+            await self.connection.close()
+
+
+@pytest.mark.skipif(not _rabbitmqctl_candidates(), reason="rabbitmqctl is not on PATH: cannot restart the broker")
+async def test_broker_restart_under_a_running_service_loses_no_message() -> None:
+    async with Harness(plugins={"extra": ["tests.probe_plugin"]}) as h:
+        if not _local_broker(h.settings.bus.url):
+            pytest.skip(f"the broker at {h.settings.bus.url} is not local: not restarting it")
+        rabbitmqctl = await _rabbitmqctl_for(urlparse(h.settings.bus.url).port or 5672)
+        service = await h.start_instance()
+        assert service.services is not None
+        witness = Witness(h)
+        await witness.start()
+        try:
+            await _outage_and_recovery(h, service, witness, rabbitmqctl)
+        finally:
+            await witness.close()
+
+
+async def _outage_and_recovery(h: Harness, service: Any, witness: Witness, rabbitmqctl: str) -> None:
+    buyer = h.client(service, "buyer-1", "buyer")
+    seller = h.client(service, "seller-1", "seller")
+    first = (await buyer.post("/orders", ORDER, expect=201))["id"]
+    await buyer.post(f"/orders/{first}/requirements", {"requirements": "x"}, expect=200)
+    await eventually(lambda: witness.has("order.requirements_submitted", first), what="the witness is ready")
+
+    try:
+        await _rabbitmqctl(rabbitmqctl, "stop_app")
+        # While the broker is away, commands are stored and answered; events wait in the outbox.
+        delivered = await seller.post(f"/orders/{first}/deliveries", {"message": "v1"})
+        assert seller.last_status == 200, delivered
+        second = await buyer.post("/orders", ORDER)
+        assert buyer.last_status == 201, second
+        second_id = second["id"]
+    finally:  # whatever happened, the broker is up again for the other tests
+        await _rabbitmqctl(rabbitmqctl, "start_app")
+        await _rabbitmqctl(rabbitmqctl, "await_startup")
+
+    # A command over the bus after the restart: the core's consumer came back.
+    await h.publish(SUBMIT, SubmitRequirements(order_id=second_id, actor=BUYER, requirements="y"),
+                    subject=second_id)
+    expected = [("order.delivered", first), ("order.placed", second_id),
+                ("order.requirements_submitted", second_id)]
+    await eventually(lambda: all(witness.has(t, s) for t, s in expected), timeout=30,
+                     what=f"{expected} after the restart")
+
+    # The probe plugin's consumer came back too and stored each of them.
+    seen = service.services.store.collection("probe_seen")
+    ids = list({m.id for m in witness.messages if (m.type, m.subject) in expected})
+    await eventually(lambda: _count(seen, ids, len(ids)), timeout=30, what="the probe plugin caught up")
+    for group in ("core", "probe"):
+        assert service.services.bus.groups[group].consumer_tag is not None
+
+
+async def _count(collection: Any, ids: list[str], expected: int) -> bool:
+    return await collection.count_documents({"_id": {"$in": ids}}) == expected

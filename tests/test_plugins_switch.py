@@ -1,0 +1,87 @@
+"""Switching a plugin off and on at run time, for every instance at once: its
+consumers stop and its queue keeps what arrives, its routes answer 503, its veto
+(ORD-5) no longer applies; switched on again it catches up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aio_pika
+
+from core.service import Service
+from tests.harness import ORDER, Harness
+from tests.support import eventually
+
+PROBE = {"plugins": {"extra": ["tests.probe_plugin"]}}
+
+
+def consuming(service: Service, plugin: str) -> bool:
+    assert service.services is not None
+    return service.services.bus.groups[plugin].consumer_tag is not None
+
+
+async def ready_in_queue(h: Harness, group: str) -> int:
+    connection = await aio_pika.connect(h.settings.bus.url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(f"{h.settings.bus.queue_prefix}.{group}", passive=True)
+        return queue.declaration_result.message_count or 0
+
+
+async def stored_by_probe(service: Service) -> set[str]:
+    assert service.services is not None
+    return {d["_id"] async for d in service.services.store.collection("probe_seen").find({}, {"_id": 1})}
+
+
+async def test_ORD_5_plugin_switched_off_and_on_over_http_in_both_instances() -> None:
+    async with Harness(**PROBE) as h:
+        a = await h.start_instance(service={"instance_id": "a"})
+        b = await h.start_instance(service={"instance_id": "b"})
+        admin = h.client(a, "admin-1", "admin")
+        buyer_on_b = h.client(b, "buyer-1", "buyer")
+        vetoed = {**ORDER, "gig_id": "vetoed-gig"}
+
+        # On: it vetoes, serves its route, consumes.
+        problem = await buyer_on_b.post("/orders", vetoed, expect=409)
+        assert problem["plugin"] == "probe" and problem["rule"] == "ORD-5"
+        await h.client(b, "admin-1", "admin").get("/probe/seen", expect=200)
+        assert consuming(a, "probe") and consuming(b, "probe")
+
+        switched = await admin.put("/admin/plugins/probe", {"enabled": False}, expect=200)
+        assert switched["enabled"] is False
+        await eventually(lambda: not consuming(a, "probe") and not consuming(b, "probe"), timeout=5,
+                         what="both instances stop the probe's consumer")
+
+        for service in (a, b):
+            client = h.client(service, "admin-1", "admin")
+            problem = await client.get("/probe/seen", expect=503)
+            assert client.last_content_type == "application/problem+json"
+            assert problem["status"] == 503 and problem["plugin"] == "probe"
+
+        before = await stored_by_probe(a)
+        order = await buyer_on_b.post("/orders", vetoed, expect=201)  # the veto is off too
+        order_id = order["id"]
+        await buyer_on_b.post(f"/orders/{order_id}/requirements", {"requirements": "x"}, expect=200)
+        await h.probe.wait_for("order.requirements_submitted", lambda m: m.subject == order_id)
+        meanwhile = {m.id for m in h.probe.messages if m.subject == order_id}
+        assert len(meanwhile) == 2
+        # Published, kept in the probe's queue, not consumed.
+        await eventually(lambda: _at_least(ready_in_queue(h, "probe"), 2), what="the probe's queue keeps them")
+        assert await stored_by_probe(a) == before
+
+        await h.client(b, "admin-1", "admin").put("/admin/plugins/probe", {"enabled": True}, expect=200)
+        await eventually(lambda: consuming(a, "probe") and consuming(b, "probe"), timeout=5,
+                         what="both instances consume again")
+        await eventually(lambda: _contains(stored_by_probe(a), meanwhile), what="the probe caught up")
+        seen = await h.client(a, "admin-1", "admin").get("/probe/seen", expect=200)
+        assert meanwhile <= {s["id"] for s in seen["seen"]}
+        assert await ready_in_queue(h, "probe") == 0
+        await buyer_on_b.post("/orders", vetoed, expect=409)  # vetoes again
+
+
+async def _at_least(count: Any, n: int) -> bool:
+    return await count >= n
+
+
+async def _contains(ids: Any, expected: set[str]) -> bool:
+    return expected <= await ids

@@ -1,0 +1,80 @@
+"""Durable deadlines with two instances on one database (ORD-2): each deadline
+is claimed and fired once, and each order's `order.late` is published once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Any
+
+from core.service import Service
+from tests.harness import ORDER, Harness
+
+ORDERS = 20
+
+
+async def _orders_in_progress(h: Harness, a: Service, b: Service) -> dict[str, datetime]:
+    """ORDERS orders, placed and started through both instances, due over five days."""
+    clients = [h.client(a, "buyer-1", "buyer"), h.client(b, "buyer-1", "buyer")]
+
+    async def one(i: int) -> tuple[str, datetime]:
+        client = clients[i % 2]
+        order = await client.post("/orders", {**ORDER, "delivery_days": 1 + i % 5}, expect=201)
+        started = await client.post(f"/orders/{order['id']}/requirements", {"requirements": f"r{i}"},
+                                    expect=200)
+        return order["id"], datetime.fromisoformat(started["due_at"])
+
+    return dict(await asyncio.gather(*(one(i) for i in range(ORDERS))))
+
+
+async def _assert_each_late_once(h: Harness, a: Service, due: dict[str, datetime]) -> None:
+    assert a.services is not None
+    await h.probe.wait_for("order.late", lambda m: m.subject in due, count=ORDERS, timeout=20)
+    await h.probe.settle(0.5)
+    late = Counter(m.subject for m in h.probe.messages if m.type == "order.late" and m.subject in due)
+    assert late == Counter(dict.fromkeys(due, 1))
+
+    deadlines = [d async for d in a.services.scheduler.collection.find({"kind": "order.late"})]
+    assert sorted(d["subject"] for d in deadlines) == sorted(due)
+    assert {d["state"] for d in deadlines} == {"done"}
+    assert [d["subject"] for d in deadlines if d["attempts"] != 1] == []  # claimed once, fired once
+    assert all(d["due_at"] == due[d["subject"]] for d in deadlines)
+
+    orders = [o async for o in a.services.orders.collection.find({"_id": {"$in": list(due)}})]
+    assert all(o["late"] for o in orders)
+    assert all([e["type"] for e in o["timeline"]].count("order.late") == 1 for o in orders)
+
+
+async def test_ORD_2_two_instances_fire_each_deadline_once_when_an_admin_advances_the_clock() -> None:
+    async with Harness() as h:
+        a = await h.start_instance(service={"instance_id": "a"})
+        b = await h.start_instance(service={"instance_id": "b"})
+        due = await _orders_in_progress(h, a, b)
+        assert len(set(due.values())) == 5  # five distinct instants, walked in order
+
+        admin = h.client(a, "admin-1", "admin")
+        # A walks the deadlines one instant at a time while B's scheduler loop follows the clock.
+        moved = await admin.post("/admin/clock/advance", {"by": "P6D"}, expect=200)
+        fired_by_a = [f["id"] for f in moved["fired"]]
+        assert len(fired_by_a) == len(set(fired_by_a))
+        await _assert_each_late_once(h, a, due)
+
+
+async def test_ORD_2_two_instances_racing_scheduler_loops_fire_each_deadline_once() -> None:
+    async with Harness() as h:
+        a = await h.start_instance(service={"instance_id": "a"})
+        b = await h.start_instance(service={"instance_id": "b"})
+        assert a.services is not None and b.services is not None
+        due = await _orders_in_progress(h, a, b)
+
+        clock_a: Any = a.services.clock
+        clock_b: Any = b.services.clock
+        await clock_a.set(max(due.values()) + timedelta(minutes=1))
+        await clock_b.refresh()
+        # Both instances' loops are running; add two explicit passes each, all at once.
+        passes = [a.services.scheduler.fire_due(), b.services.scheduler.fire_due(),
+                  a.services.scheduler.fire_due(), b.services.scheduler.fire_due()]
+        fired = await asyncio.gather(*passes)
+        assert sum(fired) <= ORDERS
+        await _assert_each_late_once(h, a, due)
