@@ -127,7 +127,8 @@ class Scheduler:
             {"state": "claimed", "lease_until": {"$lte": real_now}, "owner": {"$in": owners}},
             {"state": "pending", "due_at": {"$lte": now}, "owner": {"$in": owners}},
         ):
-            async for doc in self.collection.find(query).sort("due_at", ASCENDING).limit(CLAIM_BATCH):
+            candidates = await self.collection.find(query).sort("due_at", ASCENDING).limit(CLAIM_BATCH).to_list()
+            for doc in candidates:
                 if await self._claim(doc, real_now):
                     return _deadline(doc)
         return None
