@@ -40,7 +40,9 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.bus import delete_topology  # noqa: E402
 from core.messages import Actor, Envelope  # noqa: E402
+from core.settings import BusSettings  # noqa: E402
 
 COMMANDS = ("command.order.place", "command.order.submit_requirements", "command.order.deliver",
             "command.order.accept")
@@ -194,26 +196,8 @@ async def cleanup(url: str, mongo_url: str, database: str, exchange: str, prefix
     client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_url)
     await client.drop_database(database)
     await client.close()
-    connection = await aio_pika.connect(url)
-    async with connection:
-        for group in ("core", "disputes", "reviews", "availability", "blocking", "metrics"):
-            for name in (f"{prefix}.{group}", f"{prefix}.{group}.dead"):
-                channel = await connection.channel()
-                try:
-                    await channel.queue_delete(name)
-                except Exception:
-                    pass
-        for name in (exchange, f"{exchange}.unrouted", f"{prefix}.dead"):
-            channel = await connection.channel()
-            try:
-                await channel.exchange_delete(name)
-            except Exception:
-                pass
-        channel = await connection.channel()
-        try:
-            await channel.queue_delete(f"{exchange}.unrouted")
-        except Exception:
-            pass
+    await delete_topology(BusSettings(url=url, exchange=exchange, queue_prefix=prefix),
+                          ("core", "disputes", "reviews", "availability", "blocking", "metrics"))
 
 
 async def main() -> None:

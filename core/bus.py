@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,7 +104,6 @@ class Bus:
         self._declared: list[Any] = []  # strong references, for recovery
         self.groups: dict[str, ConsumerGroup] = {}
         self._locks = KeyedLocks()
-        self._closing = False
 
     # ------------------------------------------------------------ topology
 
@@ -346,7 +345,6 @@ class Bus:
     # ------------------------------------------------------------ lifecycle
 
     async def close(self) -> None:
-        self._closing = True
         for name in list(self.groups):
             await self.stop_consuming(name)
         if self.connection is not None:
@@ -368,4 +366,22 @@ async def _quietly(awaitable: Awaitable[Any]) -> None:
         log.warning("could not settle message; it will be redelivered", error=repr(exc))
 
 
-__all__ = ["Bus", "Subscription", "Unroutable"]
+async def delete_topology(settings: BusSettings, groups: Iterable[str]) -> None:
+    """Delete what `Bus.connect` and `Bus.declare_group` declared for these groups
+    (tests and benchmarks that make a topology of their own clean up with it)."""
+    names = Bus(settings, Catalogue(), None)  # type: ignore[arg-type]  # naming only
+    queues = [q for g in groups for q in (names.queue_name(g), names.dead_queue_name(g))]
+    queues.append(names.unrouted_name)
+    exchanges = [names.exchange_name, names.unrouted_name, names.dead_exchange_name]
+    connection = await aio_pika.connect(settings.url)
+    async with connection:
+        for kind, name in [("queue", q) for q in queues] + [("exchange", e) for e in exchanges]:
+            channel = await connection.channel()  # a failed delete closes its channel
+            with contextlib.suppress(Exception):
+                if kind == "queue":
+                    await channel.queue_delete(name)
+                else:
+                    await channel.exchange_delete(name)
+
+
+__all__ = ["Bus", "Subscription", "Unroutable", "delete_topology"]

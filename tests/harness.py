@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -21,6 +20,7 @@ from typing import Any
 import aio_pika
 import aiohttp
 
+from core.bus import delete_topology
 from core.http.auth import issue_token
 from core.messages import Envelope, MessageData, make_envelope
 from core.service import Service
@@ -248,34 +248,14 @@ class Harness:
         client: AsyncMongoClient[Any] = AsyncMongoClient(self.settings.store.url)
         await client.drop_database(self.settings.store.database)
         await client.close()
-        connection = await aio_pika.connect(self.settings.bus.url)
-        prefix = self.settings.bus.queue_prefix
         names = {"core", "disputes", "reviews", "availability", "blocking", "metrics", "probe"}
         for service in self.instances:
             if service.services:
                 names |= set(service.services.bus.groups)
-        async with connection:
-            for name in names:
-                for queue in (f"{prefix}.{name}", f"{prefix}.{name}.dead"):
-                    channel = await connection.channel()
-                    try:
-                        await channel.queue_delete(queue)
-                    except Exception:
-                        pass
-            for exchange in (self.settings.bus.exchange, f"{self.settings.bus.exchange}.unrouted", f"{prefix}.dead"):
-                channel = await connection.channel()
-                try:
-                    await channel.exchange_delete(exchange)
-                except Exception:
-                    pass
-            channel = await connection.channel()
-            try:
-                await channel.queue_delete(f"{self.settings.bus.exchange}.unrouted")
-            except Exception:
-                pass
+        await delete_topology(self.settings.bus, names)
 
 
 ORDER = {"seller_id": "seller-1", "gig_id": "gig-1", "price": {"amount": "120.00", "currency": "EUR"},
          "delivery_days": 3}
 
-__all__ = ["Harness", "Probe", "Client", "ORDER", "os"]
+__all__ = ["Harness", "Probe", "Client", "ORDER"]

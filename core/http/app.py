@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from core.errors import Forbidden, NotFound, PluginDisabled, RescenterError
+from core.errors import Forbidden, PluginDisabled, RescenterError
 from core.http.auth import Authenticator
 from core.http.routes import Call, Route, parse_body
 
@@ -129,4 +129,4 @@ def build_app(services: Any, routes: list[Route]) -> web.Application:
     return app
 
 
-__all__ = ["build_app", "json_response", "problem_response", "NotFound", "ROUTES", "SERVICES"]
+__all__ = ["build_app", "json_response", "problem_response", "ROUTES", "SERVICES"]

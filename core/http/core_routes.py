@@ -11,12 +11,11 @@ from pydantic import AwareDatetime, Field, model_validator
 
 from core.errors import InvalidInput, RuleViolation, Unavailable
 from core.http.openapi import openapi_document
-from core.http.routes import ALL_ROLES, Body, Call, Route
+from core.http.routes import Body, Call, Route
 from core.messages import Money, PlaceOrder, asyncapi_document, new_id
 from core.orders import public_view
 
 ADMIN = frozenset({"admin"})
-PARTIES = frozenset({"buyer", "seller", "support", "admin", "service"})
 
 
 # ---------------------------------------------------------------- bodies
@@ -269,4 +268,4 @@ def core_routes() -> list[Route]:
     ]
 
 
-__all__ = ["core_routes", "ALL_ROLES", "PARTIES"]
+__all__ = ["core_routes"]
