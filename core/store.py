@@ -10,12 +10,16 @@ causes ride in the same document (`_outbox`, see core.outbox).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import structlog
 from pymongo import AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.results import UpdateResult
+
+from core.locks import KeyedLocks
 
 log = structlog.get_logger("rescenter.store")
 
@@ -34,9 +38,17 @@ class Store:
     one connection: each operation is then atomic, as on MongoDB. Across
     processes FerretDB 1.x cannot give that; run several instances on MongoDB
     (each instance then has its own pool).
+
+    FerretDB's SQLite backend also reads a whole collection for any filter but
+    a bare `{"_id": ...}` (no other pushdown), so a guarded update would cost a
+    scan of every document. `collection()` therefore hands out a
+    `GuardedCollection` that, on FerretDB, runs such writes as a read by `_id`,
+    the guard checked here, and a write by `_id`, under a per-document lock of
+    this process: the same outcome, two indexed round trips instead of a scan.
     """
 
     _shared: dict[str, tuple[AsyncMongoClient[dict[str, Any]], int]] = {}
+    _document_locks = KeyedLocks()
 
     def __init__(self, url: str, database: str) -> None:
         self.url = url
@@ -66,10 +78,10 @@ class Store:
         self.client = client
         self.db = client[self.database]
 
-    def collection(self, name: str) -> AsyncCollection[dict[str, Any]]:
+    def collection(self, name: str) -> GuardedCollection:
         if self.db is None:
             raise RuntimeError("Store.connect() first")
-        return self.db[name]
+        return GuardedCollection(self.db[name], self._document_locks if self.serialized else None)
 
     async def ping(self) -> None:
         if self.db is None:
@@ -87,6 +99,136 @@ class Store:
                 return
             del Store._shared[self.url]
         await client.close()
+
+
+class GuardedCollection:
+    """An `AsyncCollection` whose single-document writes stay indexed on FerretDB.
+
+    On MongoDB (`locks` None) every call goes straight to PyMongo. On FerretDB,
+    `update_one` and `find_one_and_update` with a filter of `_id` plus guards
+    (`_version`, `_applied`, a state, ...) read the document by `_id`, check
+    the guards with `matches`, and write by `_id`, holding the document's lock;
+    every write by `_id` takes that lock, so no write of this process slips in
+    between the check and the write.
+    """
+
+    def __init__(self, collection: AsyncCollection[dict[str, Any]], locks: KeyedLocks | None) -> None:
+        self.raw = collection
+        self._locks = locks
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+    def _key(self, filter: Mapping[str, Any]) -> str | None:
+        if self._locks is None or "_id" not in filter or isinstance(filter["_id"], Mapping):
+            return None
+        return f"{self.raw.full_name}/{filter['_id']!r}"
+
+    async def update_one(
+        self, filter: Mapping[str, Any], update: Mapping[str, Any], *, upsert: bool = False
+    ) -> UpdateResult:
+        key = self._key(filter)
+        if key is None or self._locks is None:
+            return await self.raw.update_one(filter, update, upsert=upsert)
+        guards = {k: v for k, v in filter.items() if k != "_id"}
+        async with self._locks.hold(key):
+            if guards:
+                if upsert:
+                    raise NotImplementedError("upsert with guards on FerretDB")
+                current = await self.raw.find_one({"_id": filter["_id"]})
+                if current is None or not matches(current, guards):
+                    return UpdateResult({"n": 0, "nModified": 0}, acknowledged=True)
+            return await self.raw.update_one({"_id": filter["_id"]}, update, upsert=upsert)
+
+    async def find_one_and_update(
+        self,
+        filter: Mapping[str, Any],
+        update: Mapping[str, Any],
+        *,
+        return_document: bool = ReturnDocument.BEFORE,
+        upsert: bool = False,
+    ) -> dict[str, Any] | None:
+        key = self._key(filter)
+        if key is None or self._locks is None:
+            return await self.raw.find_one_and_update(
+                filter, update, return_document=return_document, upsert=upsert
+            )
+        guards = {k: v for k, v in filter.items() if k != "_id"}
+        async with self._locks.hold(key):
+            if guards:
+                if upsert:
+                    raise NotImplementedError("upsert with guards on FerretDB")
+                current = await self.raw.find_one({"_id": filter["_id"]})
+                if current is None or not matches(current, guards):
+                    return None
+            return await self.raw.find_one_and_update(
+                {"_id": filter["_id"]}, update, return_document=return_document, upsert=upsert
+            )
+
+
+_MISSING = object()
+
+
+def _get(doc: Mapping[str, Any], path: str) -> Any:
+    value: Any = doc
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _equal(value: Any, wanted: Any) -> bool:
+    if value is _MISSING:
+        return wanted is None
+    if value == wanted:
+        return True
+    # an array field matches a scalar it contains, as in MongoDB
+    return isinstance(value, list) and not isinstance(wanted, list) and wanted in value
+
+
+def _compare(value: Any, op: str, bound: Any) -> bool:
+    if value is _MISSING or value is None:
+        return False
+    if isinstance(value, datetime) != isinstance(bound, datetime):
+        return False
+    try:
+        return {"$lt": value < bound, "$lte": value <= bound, "$gt": value > bound,
+                "$gte": value >= bound}[op]
+    except TypeError:
+        return False
+
+
+def matches(doc: Mapping[str, Any], guards: Mapping[str, Any]) -> bool:
+    """Whether `doc` satisfies a filter, for the operators our writes use as guards.
+
+    MongoDB semantics for equality (an array matches an element), `$ne`,
+    `$in`, `$nin`, `$lt`/`$lte`/`$gt`/`$gte`, `$exists` and `$size`; any other
+    operator raises, so a new kind of guard cannot be silently ignored.
+    """
+    for path, condition in guards.items():
+        value = _get(doc, path)
+        if isinstance(condition, Mapping) and condition and all(k.startswith("$") for k in condition):
+            for op, operand in condition.items():
+                if op == "$ne":
+                    ok = not _equal(value, operand)
+                elif op == "$in":
+                    ok = any(_equal(value, item) for item in operand)
+                elif op == "$nin":
+                    ok = not any(_equal(value, item) for item in operand)
+                elif op in ("$lt", "$lte", "$gt", "$gte"):
+                    ok = _compare(value, op, operand)
+                elif op == "$exists":
+                    ok = (value is not _MISSING) == bool(operand)
+                elif op == "$size":
+                    ok = isinstance(value, list) and len(value) == operand
+                else:
+                    raise NotImplementedError(f"guard operator {op} is not supported")
+                if not ok:
+                    return False
+        elif not _equal(value, condition):
+            return False
+    return True
 
 
 def guarded_update(
@@ -112,7 +254,7 @@ def guard_filter(
 
 
 async def update_guarded(
-    collection: AsyncCollection[dict[str, Any]],
+    collection: GuardedCollection,
     doc_id: Any,
     update: Mapping[str, Any],
     *,

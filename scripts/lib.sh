@@ -9,6 +9,9 @@ export ROOT LOCAL VENV
 export RABBITMQ_URL="${RABBITMQ_URL:-amqp://guest:guest@127.0.0.1:5672/}"
 export MONGODB_URL="${MONGODB_URL:-mongodb://127.0.0.1:27017/}"
 export FERRETDB_VERSION=v1.24.2
+# What our build reports as its version: the release plus our patches (see
+# scripts/build-ferretdb); a binary reporting anything else is rebuilt.
+export FERRETDB_BUILD=$FERRETDB_VERSION-rescenter.1
 
 # Tools scripts/services generates (a rabbitmqctl aimed at its node) come
 # first, for the scripts and for the tests they run.
