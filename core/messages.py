@@ -172,6 +172,9 @@ class OrderCompleted(OrderEvent):
 class OrderCancelled(OrderEvent):
     cause: Literal["support", "chargeback", "mutual_agreement"]
     reason: str | None = None
+    #: who asked for it: the party whose request was accepted (mutual agreement),
+    #: support, or payments (chargeback); MET-2 counts a cancellation by it
+    requested_by: Literal["buyer", "seller", "support", "payments"] | None = None
 
 
 class OrderLate(OrderEvent):

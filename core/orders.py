@@ -313,16 +313,24 @@ class OrderService:
         return await self._command(order_id, decide, message_id=message_id)
 
     async def cancel(self, order_id: str, actor: Actor, *, cause: str, reason: str | None = None,
-                     rule: str = "ORD-1", message_id: str | None = None) -> dict[str, Any]:
+                     rule: str = "ORD-1", requested_by: str | None = None,
+                     message_id: str | None = None) -> dict[str, Any]:
+        """Cancel an active order. Parties never call this directly: support does, payments
+        through a chargeback (ORD-7), the resolution center after a mutual agreement, with
+        `requested_by` the party whose request was accepted."""
+        if requested_by is None:
+            requested_by = {"chargeback": "payments", "support": "support"}.get(cause)
+
         def decide(order: dict[str, Any], now: datetime) -> Change:
             if actor.role not in STAFF_ROLES and actor.role != "system":
                 raise Forbidden("only support cancels an order directly; parties use the resolution center")
             _require_state(order, ACTIVE_STATES, "cancel")
             return Change(
                 set={"state": CANCELLED, "cancelled_at": now, "cancel_cause": cause,
-                     "cancelled_from": order["state"]},
+                     "cancelled_from": order["state"], "cancel_requested_by": requested_by},
                 events=[("order.cancelled", OrderCancelled(
-                    **_common(order, actor, state=CANCELLED, rule=rule), cause=cause, reason=reason))],
+                    **_common(order, actor, state=CANCELLED, rule=rule), cause=cause, reason=reason,
+                    requested_by=requested_by))],
                 cancel=_open_deadlines(order),
             )
         return await self._command(order_id, decide, message_id=message_id)

@@ -9,6 +9,8 @@ from typing import Any
 
 from core.service import Service
 
+PROBLEM = "application/problem+json"
+
 
 async def eventually(check: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.05,
                      what: str = "condition") -> Any:
@@ -37,3 +39,16 @@ def consumed(service: Service, group: str, type_: str, outcome: str = "ok") -> f
 def header(message: Any, name: str) -> str:
     value = (message.headers or {}).get(name)
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def problem(client: Any, payload: Any, status: int, **expected: Any) -> dict[str, Any]:
+    """The last answer was problem+json with `status`, and carries `expected`."""
+    assert client.last_status == status, payload
+    assert client.last_content_type == PROBLEM, (client.last_content_type, payload)
+    assert isinstance(payload, dict), payload
+    for member in ("type", "title", "status", "detail"):
+        assert payload.get(member), f"no {member!r} in {payload}"
+    assert payload["status"] == status
+    for key, value in expected.items():
+        assert payload.get(key) == value, f"{key}: {payload.get(key)!r} != {value!r} in {payload}"
+    return payload

@@ -19,23 +19,10 @@ import pytest_asyncio
 from core.messages import core_catalogue
 from core.service import Service
 from tests.harness import ORDER, Client, Harness
+from tests.support import PROBLEM, problem
 
-PROBLEM = "application/problem+json"
 PROBE = {"extra": ["tests.probe_plugin"]}
 PROBE_NAME = "probe"  # tests.probe_plugin names itself (NAME)
-
-
-def problem(client: Client, payload: Any, status: int, **expected: Any) -> dict[str, Any]:
-    """The last answer was problem+json with `status`, and carries `expected`."""
-    assert client.last_status == status, payload
-    assert client.last_content_type == PROBLEM, (client.last_content_type, payload)
-    assert isinstance(payload, dict), payload
-    for member in ("type", "title", "status", "detail"):
-        assert payload.get(member), f"no {member!r} in {payload}"
-    assert payload["status"] == status
-    for key, value in expected.items():
-        assert payload.get(key) == value, f"{key}: {payload.get(key)!r} != {value!r} in {payload}"
-    return payload
 
 
 def as_client(h: Harness, service: Service, token: str | None) -> Client:
