@@ -157,6 +157,15 @@ class OrderService:
         )
         return [doc async for doc in cursor]
 
+    async def active_orders(self, seller_id: str, buyer_id: str | None = None) -> list[dict[str, Any]]:
+        """The seller's orders that are not final (ORD-1), with one buyer when given:
+        what a plugin may check before a change (BLK-2) without keeping a copy."""
+        query: dict[str, Any] = {"seller_id": seller_id, "state": {"$in": sorted(ACTIVE_STATES)}}
+        if buyer_id is not None:
+            query["buyer_id"] = buyer_id
+        projection = {"_outbox": 0, "_applied": 0, "timeline": 0, "deliveries": 0}
+        return await self.collection.find(query, projection).sort("placed_at", ASCENDING).to_list()
+
     # ------------------------------------------------------------ placing (ORD-5)
 
     async def place(self, command: PlaceOrder, actor: Actor, *, message_id: str | None = None) -> dict[str, Any]:
