@@ -175,10 +175,39 @@ class OrderCancelled(OrderEvent):
     #: who asked for it: the party whose request was accepted (mutual agreement),
     #: support, or payments (chargeback); MET-2 counts a cancellation by it
     requested_by: Literal["buyer", "seller", "support", "payments"] | None = None
+    #: the resolution-center request whose acceptance cancelled it (DSP-4, DSP-6)
+    request_id: str | None = None
 
 
 class OrderLate(OrderEvent):
     due_at: datetime
+
+
+class OrderDeliveryExtended(OrderEvent):
+    """The due date moved after an agreement (DSP-7). An order already late stays late:
+    `order.late` was published once (ORD-2) and is not taken back."""
+
+    days: int
+    previous_due_at: datetime | None = None  # None: the delivery clock had not started yet
+    due_at: datetime | None = None
+    delivery_days: int
+    late: bool
+    request_id: str | None = None
+
+
+class OrderAmended(OrderEvent):
+    """Extra revisions, days or price agreed on (DSP-8); `price` is the new total."""
+
+    added_revisions: int
+    added_days: int
+    added_price: Money | None = None
+    previous_price: Money
+    price: Money
+    extra_revisions: int  # every extra revision agreed on this order so far
+    delivery_days: int
+    previous_due_at: datetime | None = None
+    due_at: datetime | None = None
+    request_id: str | None = None
 
 
 # Commands other marketplace services send over the bus (the HTTP API's twins).
@@ -219,6 +248,32 @@ class CancelOrder(OrderCommand):
     reason: str = Field(min_length=1, max_length=5_000)
 
 
+class CancelByAgreement(OrderCommand):
+    """The parties agreed to cancel (DSP-4, DSP-6): sent by the resolution center."""
+
+    requested_by: Literal["buyer", "seller"]
+    rule: Literal["DSP-4", "DSP-6"]
+    request_id: str | None = Field(default=None, max_length=200)
+
+
+class ExtendDelivery(OrderCommand):
+    """Move the due date after an agreement (DSP-7): sent by the resolution center."""
+
+    days: int = Field(ge=1, le=365)
+    rule: str = Field(default="DSP-7", max_length=20)
+    request_id: str | None = Field(default=None, max_length=200)
+
+
+class AmendOrder(OrderCommand):
+    """Add revisions, days or price after an agreement (DSP-8): sent by the resolution center."""
+
+    added_revisions: int = Field(default=0, ge=0, le=100)
+    added_days: int = Field(default=0, ge=0, le=365)
+    added_price: Money | None = None
+    rule: str = Field(default="DSP-8", max_length=20)
+    request_id: str | None = Field(default=None, max_length=200)
+
+
 class ChargebackReported(MessageData):
     """Payments reports a chargeback on an order (ORD-7)."""
 
@@ -241,6 +296,8 @@ ORDER_EVENTS: tuple[MessageType, ...] = (
     MessageType("order.completed", OrderCompleted, "The order completed: accepted, or silence after delivery.", "publish", rules=("ORD-1", "ORD-4")),
     MessageType("order.cancelled", OrderCancelled, "The order was cancelled.", "publish", rules=("ORD-1", "ORD-7")),
     MessageType("order.late", OrderLate, "The order was not delivered by its due date (published once).", "publish", rules=("ORD-2",)),
+    MessageType("order.delivery_extended", OrderDeliveryExtended, "The due date moved by some days after the parties agreed.", "publish", rules=("ORD-2", "DSP-7")),
+    MessageType("order.amended", OrderAmended, "Extra revisions, days or price were added after the parties agreed.", "publish", rules=("DSP-8",)),
     MessageType("plugin.switched", PluginSwitched, "An admin switched a plugin on or off.", "publish"),
 )
 
@@ -251,6 +308,9 @@ ORDER_COMMANDS: tuple[MessageType, ...] = (
     MessageType("command.order.accept", AcceptDelivery, "Accept the delivery.", "consume", rules=("ORD-4",)),
     MessageType("command.order.request_revision", RequestRevision, "Ask for a revision.", "consume", rules=("ORD-4",)),
     MessageType("command.order.cancel", CancelOrder, "Cancel an order (support).", "consume", rules=("ORD-1",)),
+    MessageType("command.order.cancel_by_agreement", CancelByAgreement, "Cancel an order by mutual agreement (the resolution center).", "consume", rules=("DSP-4", "DSP-6")),
+    MessageType("command.order.extend_delivery", ExtendDelivery, "Move an order's due date (the resolution center).", "consume", rules=("DSP-7",)),
+    MessageType("command.order.amend", AmendOrder, "Add revisions, days or price to an order (the resolution center).", "consume", rules=("DSP-8",)),
     MessageType("payment.chargeback_reported", ChargebackReported, "Payments reports a chargeback; the order is cancelled.", "consume", rules=("ORD-7",)),
 )
 

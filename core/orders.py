@@ -34,9 +34,12 @@ from core.messages import (
     Actor,
     DeliveryRefused,
     MessageData,
+    Money,
+    OrderAmended,
     OrderCancelled,
     OrderCompleted,
     OrderDelivered,
+    OrderDeliveryExtended,
     OrderLate,
     OrderPlaced,
     PlaceOrder,
@@ -70,6 +73,7 @@ AUTO_COMPLETE = "order.auto_complete"
 
 SYSTEM = Actor(id="rescenter", role="system")
 STAFF_ROLES = frozenset({"support", "admin", "service"})
+CENT = Decimal("0.01")
 
 
 @dataclass
@@ -322,7 +326,7 @@ class OrderService:
         return await self._command(order_id, decide, message_id=message_id)
 
     async def cancel(self, order_id: str, actor: Actor, *, cause: str, reason: str | None = None,
-                     rule: str = "ORD-1", requested_by: str | None = None,
+                     rule: str = "ORD-1", requested_by: str | None = None, request_id: str | None = None,
                      message_id: str | None = None) -> dict[str, Any]:
         """Cancel an active order. Parties never call this directly: support does, payments
         through a chargeback (ORD-7), the resolution center after a mutual agreement, with
@@ -339,8 +343,69 @@ class OrderService:
                      "cancelled_from": order["state"], "cancel_requested_by": requested_by},
                 events=[("order.cancelled", OrderCancelled(
                     **_common(order, actor, state=CANCELLED, rule=rule), cause=cause, reason=reason,
-                    requested_by=requested_by))],
+                    requested_by=requested_by, request_id=request_id))],
                 cancel=_open_deadlines(order),
+            )
+        return await self._command(order_id, decide, message_id=message_id)
+
+    async def extend_delivery(self, order_id: str, actor: Actor, days: int, *, rule: str = "DSP-7",
+                              request_id: str | None = None, message_id: str | None = None) -> dict[str, Any]:
+        """Move the due date by `days` once the parties agreed (DSP-7). Parties never call this
+        directly: the resolution center does, when the buyer accepts or stays silent."""
+        def decide(order: dict[str, Any], now: datetime) -> Change:
+            _require_staff_or_system(actor, "extend the delivery date")
+            _require_state(order, ACTIVE_STATES, "extend the delivery date")
+            if days < 1:
+                raise InvalidInput("an extension adds at least one day", rule=rule)
+            moved = _move_due_date(order, days)
+            return Change(
+                set=moved.set,
+                inc={"delivery_days": days},
+                events=[("order.delivery_extended", OrderDeliveryExtended(
+                    **_common(order, actor, state=order["state"], rule=rule), days=days,
+                    previous_due_at=moved.previous, due_at=moved.due_at,
+                    delivery_days=order["delivery_days"] + days, late=bool(order.get("late")),
+                    request_id=request_id))],
+                schedule=moved.schedule,
+                cancel=moved.cancel,
+            )
+        return await self._command(order_id, decide, message_id=message_id)
+
+    async def amend(self, order_id: str, actor: Actor, *, added_revisions: int = 0, added_days: int = 0,
+                    added_price: Money | None = None, rule: str = "DSP-8", request_id: str | None = None,
+                    message_id: str | None = None) -> dict[str, Any]:
+        """Add revisions, days and price once the buyer accepted an offer (DSP-8). The price
+        stays an exact decimal in the order's currency; the first amendment keeps the
+        placed price as `original_price` (DSP-2 caps a partial refund on it)."""
+        def decide(order: dict[str, Any], now: datetime) -> Change:
+            _require_staff_or_system(actor, "amend an order")
+            _require_state(order, ACTIVE_STATES, "amend the order")
+            if added_revisions < 0 or added_days < 0 or not (added_revisions or added_days or added_price):
+                raise InvalidInput("an amendment adds revisions, days or a price", rule=rule)
+            previous_price = Money(amount=Decimal(order["price"]["amount"]), currency=order["price"]["currency"])
+            if added_price is not None and added_price.currency != previous_price.currency:
+                raise InvalidInput(f"the added price must be in the order's currency, {previous_price.currency}",
+                                   rule=rule, currency=previous_price.currency)
+            total = previous_price.amount + (added_price.amount if added_price else Decimal(0))
+            price = Money(amount=total.quantize(CENT), currency=previous_price.currency)
+            moved = _move_due_date(order, added_days) if added_days else _MovedDueDate(previous=order.get("due_at"),
+                                                                                       due_at=order.get("due_at"))
+            fields: dict[str, Any] = {**moved.set, "price": {"amount": str(price.amount), "currency": price.currency}}
+            if "original_price" not in order:
+                fields["original_price"] = order["price"]
+            inc = {name: value for name, value in (("extra_revisions", added_revisions),
+                                                   ("delivery_days", added_days)) if value}
+            return Change(
+                set=fields,
+                inc=inc,
+                events=[("order.amended", OrderAmended(
+                    **_common(order, actor, state=order["state"], rule=rule), added_revisions=added_revisions,
+                    added_days=added_days, added_price=added_price, previous_price=previous_price, price=price,
+                    extra_revisions=order.get("extra_revisions", 0) + added_revisions,
+                    delivery_days=order["delivery_days"] + added_days, previous_due_at=moved.previous,
+                    due_at=moved.due_at, request_id=request_id))],
+                schedule=moved.schedule,
+                cancel=moved.cancel,
             )
         return await self._command(order_id, decide, message_id=message_id)
 
@@ -483,6 +548,40 @@ def _require_state(order: dict[str, Any], allowed: set[str] | frozenset[str], wh
                             state=order["state"])
     raise RuleViolation(f"cannot {what} while the order is {order['state']}", rule="ORD-1",
                         state=order["state"])
+
+
+def _require_staff_or_system(actor: Actor, what: str) -> None:
+    if actor.role not in STAFF_ROLES and actor.role != "system":
+        raise Forbidden(f"parties cannot {what} directly: they agree on it in the resolution center")
+
+
+@dataclass
+class _MovedDueDate:
+    previous: datetime | None
+    due_at: datetime | None
+    set: dict[str, Any] = field(default_factory=dict)
+    cancel: list[str] = field(default_factory=list)
+    schedule: list[Deadline] = field(default_factory=list)
+
+
+def _move_due_date(order: dict[str, Any], days: int) -> _MovedDueDate:
+    """ORD-2 after an agreed extension: `due_at` moves by `days`; before the requirements
+    there is no due date yet and the longer `delivery_days` moves it when the clock starts.
+
+    The late deadline is keyed by the due instant, so the old one is cancelled and a new
+    one scheduled while the order is in progress. An order already late stays late:
+    `order.late` was published once and is not taken back (nor published again)."""
+    previous = order.get("due_at")
+    if previous is None:
+        return _MovedDueDate(previous=None, due_at=None)
+    due_at = previous + timedelta(days=days)
+    moved = _MovedDueDate(previous=previous, due_at=due_at, set={"due_at": due_at})
+    if not order.get("late"):
+        moved.cancel.append(_deadline_id(order["_id"], "late", previous))
+        if order["state"] == IN_PROGRESS:
+            moved.schedule.append(Deadline(id=_deadline_id(order["_id"], "late", due_at), owner=CORE_OWNER,
+                                           kind=LATE, subject=order["_id"], due_at=due_at))
+    return moved
 
 
 def _open_deadlines(order: dict[str, Any]) -> list[str]:

@@ -16,10 +16,13 @@ from core.http.core_routes import core_routes
 from core.http.routes import Route
 from core.messages import (
     AcceptDelivery,
+    AmendOrder,
+    CancelByAgreement,
     CancelOrder,
     ChargebackReported,
     DeliverOrder,
     Envelope,
+    ExtendDelivery,
     MessageData,
     PlaceOrder,
     RequestRevision,
@@ -188,5 +191,17 @@ async def handle_core_message(orders: OrderService, envelope: Envelope, data: An
             await orders.cancel(data.order_id, data.actor, cause="support", reason=data.reason, message_id=mid)
         case ChargebackReported():
             await orders.chargeback(data.order_id, message_id=mid)
+        # The resolution center's agreements (DSP-4, DSP-6, DSP-7, DSP-8), staged in its outbox
+        # with the write that accepted the request: the envelope id makes them apply once.
+        case CancelByAgreement():
+            await orders.cancel(data.order_id, data.actor, cause="mutual_agreement", rule=data.rule,
+                                requested_by=data.requested_by, request_id=data.request_id, message_id=mid)
+        case ExtendDelivery():
+            await orders.extend_delivery(data.order_id, data.actor, data.days, rule=data.rule,
+                                         request_id=data.request_id, message_id=mid)
+        case AmendOrder():
+            await orders.amend(data.order_id, data.actor, added_revisions=data.added_revisions,
+                               added_days=data.added_days, added_price=data.added_price, rule=data.rule,
+                               request_id=data.request_id, message_id=mid)
         case _:
             raise TypeError(f"the core does not handle {envelope.type}")
