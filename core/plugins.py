@@ -166,7 +166,10 @@ class PluginRegistry:
         doc = await self.collection.find_one_and_update(
             {"_id": name}, update, upsert=True, return_document=True
         )
-        await outbox.flush(STATES, doc)
+        try:
+            await outbox.flush(STATES, doc)
+        except Exception as exc:  # stored: the sweeper publishes the event once the broker is back
+            log.warning("plugin.switched deferred to the outbox sweeper", plugin=name, error=repr(exc))
         await self.refresh()
 
     def start_following(self) -> None:

@@ -75,6 +75,8 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._advancing = asyncio.Lock()
+        #: the earliest pending due instant this instance knows of (None: none known)
+        self._next_due: datetime | None = None
 
     def register(self, owner: str, kind: str, handler: DeadlineHandler) -> None:
         self.handlers[(owner, kind)] = handler
@@ -101,6 +103,8 @@ class Scheduler:
             },
             upsert=True,
         )
+        if self._next_due is None or deadline.due_at < self._next_due:
+            self._next_due = deadline.due_at
         self._wake.set()
 
     async def cancel(self, deadline_id: str) -> bool:
@@ -120,17 +124,26 @@ class Scheduler:
     # ------------------------------------------------------------ firing
 
     async def claim_next(self, now: datetime) -> Deadline | None:
+        """Claim the earliest due deadline (or one whose claimer died), if any.
+
+        One query, earliest first; it also tells when the next deadline falls
+        due, so the loop reads the collection again only then (or at its scan
+        interval): FerretDB reads a whole collection for such a query.
+        """
         owners = sorted(self.active_owners())
         real_now = _real_now()
-        # First deadlines whose claimer died, then due ones, earliest first.
-        for query in (
-            {"state": "claimed", "lease_until": {"$lte": real_now}, "owner": {"$in": owners}},
-            {"state": "pending", "due_at": {"$lte": now}, "owner": {"$in": owners}},
-        ):
-            candidates = await self.collection.find(query).sort("due_at", ASCENDING).limit(CLAIM_BATCH).to_list()
-            for doc in candidates:
-                if await self._claim(doc, real_now):
-                    return _deadline(doc)
+        query = {
+            "owner": {"$in": owners},
+            "$or": [{"state": "pending"}, {"state": "claimed", "lease_until": {"$lte": real_now}}],
+        }
+        candidates = await self.collection.find(query).sort("due_at", ASCENDING).limit(CLAIM_BATCH).to_list()
+        self._next_due = None
+        for doc in candidates:
+            if doc["state"] == "pending" and doc["due_at"] > now:
+                self._next_due = doc["due_at"]  # sorted: every later candidate is later still
+                break
+            if await self._claim(doc, real_now):
+                return _deadline(doc)
         return None
 
     async def _claim(self, doc: dict[str, Any], real_now: datetime) -> bool:
@@ -199,10 +212,15 @@ class Scheduler:
         return fired
 
     async def run(self) -> None:
-        interval = self.settings.poll_interval.total_seconds()
+        poll = self.settings.poll_interval.total_seconds()
+        scan = self.settings.scan_interval.total_seconds()
+        loop = asyncio.get_running_loop()
+        last_scan = -scan
         while True:
             try:
-                if not self._advancing.locked():
+                known_due = self._next_due is not None and self._next_due <= self.clock.now()
+                if not self._advancing.locked() and (known_due or loop.time() - last_scan >= scan):
+                    last_scan = loop.time()
                     await self.fire_due()
             except asyncio.CancelledError:
                 raise
@@ -210,7 +228,7 @@ class Scheduler:
                 log.warning("scheduler pass failed; will retry", error=repr(exc))
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+                await asyncio.wait_for(self._wake.wait(), timeout=poll)
             except TimeoutError:
                 pass
 

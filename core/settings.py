@@ -92,11 +92,12 @@ class ClockSettings(_Section):
 
 class SchedulerSettings(_Section):
     poll_interval: Duration = timedelta(seconds=0.5)
+    scan_interval: Duration = timedelta(seconds=5)
     lease: Duration = timedelta(seconds=30)
 
 
 class OutboxSettings(_Section):
-    sweep_interval: Duration = timedelta(seconds=1)
+    sweep_interval: Duration = timedelta(seconds=5)
     lease: Duration = timedelta(seconds=5)
 
 

@@ -37,7 +37,8 @@ def isolated_settings(tag: str, **sections: dict[str, Any]) -> Settings:
         "bus": {"exchange": f"test.{tag}.events", "queue_prefix": f"test.{tag}",
                 "retry_delay": timedelta(seconds=0.05), "shutdown_grace": timedelta(seconds=5)},
         "clock": {"mode": "test"},
-        "scheduler": {"poll_interval": timedelta(seconds=0.2), "lease": timedelta(seconds=3)},
+        "scheduler": {"poll_interval": timedelta(seconds=0.2), "scan_interval": timedelta(seconds=0.5),
+                      "lease": timedelta(seconds=3)},
         "outbox": {"sweep_interval": timedelta(seconds=0.2), "lease": timedelta(seconds=1)},
         "plugins": {"poll_interval": timedelta(seconds=0.3)},
     }

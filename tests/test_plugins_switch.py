@@ -85,3 +85,26 @@ async def _at_least(count: Any, n: int) -> bool:
 
 async def _contains(ids: Any, expected: set[str]) -> bool:
     return expected <= await ids
+
+
+async def test_a_switch_made_while_publishing_fails_is_kept_and_announced_later() -> None:
+    """The switch is stored with its `plugin.switched` event (outbox): a broker that
+    refuses the publish delays the event, it does not fail the admin's request."""
+    async with Harness(**PROBE) as h:
+        a = await h.start_instance()
+        assert a.services is not None
+        admin = h.client(a, "admin-1", "admin")
+        bus = a.services.bus
+        real_publish = bus.publish
+
+        async def broker_down(*args: Any, **kwargs: Any) -> None:
+            raise ConnectionResetError("broker unreachable")
+
+        bus.publish = broker_down  # type: ignore[method-assign]
+        await admin.put("/admin/plugins/probe", {"enabled": False}, expect=200)
+        assert not consuming(a, "probe")
+        assert h.probe.of_type("plugin.switched") == []
+
+        bus.publish = real_publish  # type: ignore[method-assign]
+        [event] = await h.probe.wait_for("plugin.switched", timeout=10)
+        assert event.data["plugin"] == "probe" and event.data["enabled"] is False

@@ -78,3 +78,23 @@ async def test_ORD_2_two_instances_racing_scheduler_loops_fire_each_deadline_onc
         fired = await asyncio.gather(*passes)
         assert sum(fired) <= ORDERS
         await _assert_each_late_once(h, a, due)
+
+
+async def test_ORD_2_a_deadline_fires_when_due_without_waiting_for_a_scan_of_the_collection() -> None:
+    """The instance that scheduled a deadline knows when it falls due: with scans a
+    minute apart, moving the clock past it still fires it within the poll interval."""
+    async with Harness() as h:
+        a = await h.start_instance(scheduler={"scan_interval": timedelta(seconds=60)})
+        assert a.services is not None
+        buyer = h.client(a, "buyer-1", "buyer")
+        order = await buyer.post("/orders", ORDER, expect=201)
+        started = await buyer.post(f"/orders/{order['id']}/requirements", {"requirements": "r"}, expect=200)
+        due_at = datetime.fromisoformat(started["due_at"])
+
+        clock: Any = a.services.clock
+        await clock.set(due_at - timedelta(seconds=1))  # no advance(): only the loop can fire it
+        await asyncio.sleep(0.6)  # three polls
+        assert h.probe.of_type("order.late", order["id"]) == []
+        await clock.set(due_at)
+        [late] = await h.probe.wait_for("order.late", lambda m: m.subject == order["id"], timeout=3)
+        assert late.data["due_at"] == started["due_at"].replace("+00:00", "Z")
