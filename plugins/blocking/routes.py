@@ -1,0 +1,71 @@
+"""HTTP routes of the blocking plugin (BLK-1 to BLK-3).
+
+The block list is private: only the seller and support (staff) read or change
+it (BLK-3); anybody else is refused, including the buyer it names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.errors import Forbidden
+from core.http.routes import Call, Route
+from core.messages import Actor
+from plugins.blocking.commands import BlockingCommands
+
+SELLER_OR_SUPPORT = frozenset({"seller", "support", "admin"})
+SUPPORT = frozenset({"support", "admin"})
+TAGS = ("blocking",)
+
+
+def acting_for(call: Call, seller_id: str) -> Actor:
+    """The seller themselves, or support acting for them (BLK-3: nobody else)."""
+    principal = call.principal
+    assert principal is not None
+    if principal.roles & SUPPORT:
+        return call.actor()
+    if "seller" in principal.roles and principal.id == seller_id:
+        return call.actor("seller")
+    raise Forbidden("only the seller (or support) can see or change a seller's blocked buyers",
+                    seller_id=seller_id)
+
+
+def view(seller_id: str, blocked: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"seller_id": seller_id,
+            "blocked_buyers": [{"buyer_id": e["buyer_id"], "blocked_at": e["blocked_at"]} for e in blocked]}
+
+
+async def list_blocked(call: Call) -> dict[str, Any]:
+    seller_id = call.match["seller_id"]
+    acting_for(call, seller_id)
+    return view(seller_id, await BlockingCommands(call.services).blocked_buyers(seller_id))
+
+
+async def block_buyer(call: Call) -> dict[str, Any]:
+    seller_id = call.match["seller_id"]
+    blocked = await BlockingCommands(call.services).block(
+        seller_id, call.match["buyer_id"], acting_for(call, seller_id))
+    return view(seller_id, blocked)
+
+
+async def unblock_buyer(call: Call) -> dict[str, Any]:
+    seller_id = call.match["seller_id"]
+    blocked = await BlockingCommands(call.services).unblock(
+        seller_id, call.match["buyer_id"], acting_for(call, seller_id))
+    return view(seller_id, blocked)
+
+
+def routes() -> list[Route]:
+    path = "/blocking/sellers/{seller_id}/blocked-buyers"
+    return [
+        Route("GET", path, list_blocked, "The buyers the seller blocked (the seller and support only).",
+              roles=SELLER_OR_SUPPORT, rules=("BLK-3",), tags=TAGS),
+        Route("PUT", f"{path}/{{buyer_id}}", block_buyer,
+              "Block a buyer: their new orders with this seller are refused. Refused while the buyer has an "
+              "active order with the seller (the problem lists those orders).",
+              roles=SELLER_OR_SUPPORT, rules=("BLK-1", "BLK-2"), tags=TAGS,
+              responses={"409": {"description": "BLK-2: the buyer has active orders with the seller "
+                                                "(`order_ids`)."}}),
+        Route("DELETE", f"{path}/{{buyer_id}}", unblock_buyer, "Unblock a buyer: their orders are taken again.",
+              roles=SELLER_OR_SUPPORT, rules=("BLK-3",), tags=TAGS),
+    ]
