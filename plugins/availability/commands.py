@@ -3,6 +3,7 @@ at a period's start and end, and the veto on new orders (ORD-5)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, time
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from plugins.availability.messages import (
     AwayScheduled,
     AwayStarted,
     CapChanged,
+    EndCause,
     GigPaused,
     GigResumed,
 )
@@ -43,10 +45,10 @@ def _deadline(seller_id: str, period: dict[str, Any], kind: str, due_at: datetim
 
 
 def _period(away: dict[str, Any]) -> AwayPeriod:
-    return AwayPeriod(**{k: away.get(k) for k in AwayPeriod.model_fields})
+    return AwayPeriod.model_validate({name: away.get(name) for name in AwayPeriod.model_fields})
 
 
-def _ending(seller_id: str, away: dict[str, Any], now: datetime, actor: Actor, cause: str) -> Change:
+def _ending(seller_id: str, away: dict[str, Any], now: datetime, actor: Actor, cause: EndCause) -> Change:
     """End `away`: clear it, cancel its deadlines, say so. A period already over whose
     end deadline has not fired yet (the plugin was off, say) ended at its `until`."""
     ended_at = min(now, away["until"])
@@ -59,8 +61,8 @@ def _ending(seller_id: str, away: dict[str, Any], now: datetime, actor: Actor, c
     if took_effect and not away.get("started"):
         # Its start deadline had not fired: say it started, so that a consumer always
         # sees a period that refused orders start before it ends.
-        change.events.append(("availability.away_started",
-                              AwayStarted(seller_id=seller_id, actor=SYSTEM, rule="AVL-1", period=_period(away))))
+        change.events.append(("availability.away_started", AwayStarted(
+            seller_id=seller_id, actor=SYSTEM, rule=rules.away_rule(away), period=_period(away))))
     change.events.append(("availability.away_ended", AwayEnded(
         seller_id=seller_id, actor=actor, rule="AVL-2", period=_period(away), cause=cause, ended_at=ended_at,
         started=took_effect)))
@@ -95,7 +97,8 @@ class AvailabilityCommands:
 
         return await self._set_period(seller_id, actor, period)
 
-    async def _set_period(self, seller_id: str, actor: Actor, make: Any) -> dict[str, Any]:
+    async def _set_period(self, seller_id: str, actor: Actor,
+                          make: Callable[[datetime], dict[str, Any]]) -> dict[str, Any]:
         def decide(doc: dict[str, Any], now: datetime) -> Change | None:
             wanted = make(now)
             if rules.same_period(doc.get("away"), wanted, now):
@@ -105,7 +108,7 @@ class AvailabilityCommands:
                 change = _ending(seller_id, doc["away"], now, actor, "replaced")
             started = wanted["starts_at"] <= now
             away = {"period_id": new_id(), **wanted, "started": started, "set_at": now, "set_by": actor.id}
-            rule = "AVL-3" if away["kind"] == rules.REST_OF_DAY else "AVL-1"
+            rule = rules.away_rule(away)
             change.set["away"] = away
             if started:
                 change.events.append(("availability.away_started", AwayStarted(
@@ -138,9 +141,8 @@ class AvailabilityCommands:
             away = doc.get("away")
             if away is None or away["period_id"] != period_id or away.get("started"):
                 return None  # ended, replaced or already announced meanwhile
-            rule = "AVL-3" if away["kind"] == rules.REST_OF_DAY else "AVL-1"
             return Change(set={"away.started": True}, events=[("availability.away_started", AwayStarted(
-                seller_id=seller_id, actor=SYSTEM, rule=rule, period=_period(away)))])
+                seller_id=seller_id, actor=SYSTEM, rule=rules.away_rule(away), period=_period(away)))])
 
         await self.documents.change(seller_id, decide, message_id=deadline.id, create=False)
 

@@ -48,9 +48,12 @@ class AwayStarted(SellerEvent):
     period: AwayPeriod
 
 
+EndCause = Literal["elapsed", "ended_by_seller", "replaced"]
+
+
 class AwayEnded(SellerEvent):
     period: AwayPeriod
-    cause: Literal["elapsed", "ended_by_seller", "replaced"] = Field(
+    cause: EndCause = Field(
         description="`elapsed`: it reached `until` (AVL-2); `ended_by_seller`: ended sooner (AVL-2); "
                     "`replaced`: the seller set another period")
     ended_at: datetime

@@ -9,7 +9,7 @@ support (staff) read or change them.
 
 from __future__ import annotations
 
-from datetime import time
+from datetime import datetime, time
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, Field, StringConstraints, field_validator
@@ -82,7 +82,7 @@ def acting_for(call: Call, seller_id: str) -> Actor:
 # ---------------------------------------------------------------- views
 
 
-def public_view(seller_id: str, doc: dict[str, Any] | None, now: Any) -> dict[str, Any]:
+def public_view(seller_id: str, doc: dict[str, Any] | None, now: datetime) -> dict[str, Any]:
     away = rules.current_or_upcoming((doc or {}).get("away"), now)
     return {
         "seller_id": seller_id,

@@ -33,6 +33,11 @@ REST_OF_DAY = "rest_of_day"
 # ---------------------------------------------------------------- the away period (AVL-1 to AVL-3)
 
 
+def away_rule(away: dict[str, Any]) -> str:
+    """The rule a period applies: AVL-3 for the rest of the day, AVL-1 otherwise."""
+    return "AVL-3" if away["kind"] == REST_OF_DAY else "AVL-1"
+
+
 def is_away(away: dict[str, Any] | None, now: datetime) -> bool:
     """AVL-1/AVL-2: on from `starts_at` (included) until `until` (excluded).
 
@@ -131,11 +136,10 @@ def _when(moment: datetime) -> str:
 
 def away_refusal(away: dict[str, Any]) -> Veto:
     """AVL-1, AVL-3: refused with the note and the return date."""
-    rule = "AVL-3" if away["kind"] == REST_OF_DAY else "AVL-1"
     return Veto(
         reason=(f"The seller is away until {_when(away['until'])} and takes no new orders before then. "
                 f"Their note: {away['note']}"),
-        rule=rule,
+        rule=away_rule(away),
         details={"away_until": away["until"].astimezone(UTC).isoformat(), "note": away["note"]},
     )
 

@@ -40,7 +40,9 @@ REFUSAL = "This seller does not take orders from your account. You may find the 
 # One writer per seller in this process; the version guard arbitrates between processes.
 _writing = KeyedLocks()
 
-Decide = Callable[[list[dict[str, Any]], datetime], tuple[list[dict[str, Any]], tuple[str, MessageData]] | None]
+#: the new list and the event saying so; None: nothing to change
+Decision = tuple[list[dict[str, Any]], tuple[str, MessageData]]
+Decide = Callable[[list[dict[str, Any]], datetime], Decision | None]
 
 
 def is_blocked(doc: dict[str, Any] | None, buyer_id: str) -> bool:
@@ -77,7 +79,7 @@ class BlockingCommands:
                 "once every order with them is completed or cancelled",
                 rule="BLK-2", buyer_id=buyer_id, order_ids=ids)
 
-        def decide(blocked: list[dict[str, Any]], now: datetime) -> Any:
+        def decide(blocked: list[dict[str, Any]], now: datetime) -> Decision | None:
             if any(entry["buyer_id"] == buyer_id for entry in blocked):
                 return None
             entry = {"buyer_id": buyer_id, "blocked_at": now, "blocked_by": actor.model_dump()}
@@ -88,7 +90,7 @@ class BlockingCommands:
 
     async def unblock(self, seller_id: str, buyer_id: str, actor: Actor) -> list[dict[str, Any]]:
         """BLK-3."""
-        def decide(blocked: list[dict[str, Any]], now: datetime) -> Any:
+        def decide(blocked: list[dict[str, Any]], now: datetime) -> Decision | None:
             if not any(entry["buyer_id"] == buyer_id for entry in blocked):
                 return None  # not blocked (any more): a repeated request changes nothing
             return [e for e in blocked if e["buyer_id"] != buyer_id], ("blocking.buyer_unblocked", BuyerUnblocked(
