@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 import pytest_asyncio
 
 from core.messages import ChargebackReported
@@ -595,11 +596,11 @@ async def test_REV_9_bad_review_bodies_are_refused_and_change_nothing(world: Wor
     await w.cancelled("bad-b", order_id)
     buyer = w.buyer("bad-b")
     path = f"/orders/{order_id}/review"
-    for body, field in [({"rating": 0, "text": "x"}, "rating"), ({"rating": 6, "text": "x"}, "rating"),
+    for body, named in [({"rating": 0, "text": "x"}, "rating"), ({"rating": 6, "text": "x"}, "rating"),
                         ({"rating": "5", "text": "x"}, "rating"), ({"rating": 5}, "text"),
                         ({"rating": 5, "text": "  "}, "text"), ({"rating": 5, "text": "x", "stars": 5}, "stars")]:
         refused = problem(buyer, await buyer.post(path, body), 422)
-        assert field in refused["detail"], (body, refused)
+        assert named in refused["detail"], (body, refused)
     assert (await w.eligibility("bad-b", order_id))["review_id"] is None
     await w.review("bad-b", order_id, expect=201)
 
@@ -617,3 +618,41 @@ async def test_REV_3_an_invalid_fact_is_dead_lettered_with_its_reason_and_change
     assert header(dead, "x-rescenter-reason") == "invalid"
     assert "reason" in header(dead, "x-rescenter-error")
     assert (await w.eligibility("inv-b", order_id))["eligible"] is True
+
+
+# ---------------------------------------------------------------- REV-1 with the resolution center (DSP-5)
+
+
+async def test_REV_1_DSP_5_an_update_request_the_seller_let_expire_counts_as_unanswered(world: World) -> None:
+    w = world
+    assert w.service.services is not None
+    if "dispute.request_expired" not in w.service.services.catalogue.types:
+        pytest.skip("the disputes plugin (DSP-5) is not loaded")
+    await asyncio.gather(w.regular_buyer("upd-b1"), w.regular_buyer("upd-b2"))
+    silent = await w.order("upd-b1", "upd-s", delivery_days=10)
+    answered = await w.order("upd-b2", "upd-s", delivery_days=10)
+    request_ids = {}
+    for buyer_id, order_id in (("upd-b1", silent), ("upd-b2", answered)):
+        opened = await w.buyer(buyer_id).post(f"/orders/{order_id}/resolution/requests",
+                                              {"kind": "update_request", "explanation": "Any news?"}, expect=201)
+        request_ids[order_id] = opened["id"]
+    await w.seller("upd-s").post(f"/orders/{answered}/resolution/requests/{request_ids[answered]}/answer",
+                                 {"answer": "reply", "message": "Half done, files on Friday."}, expect=200)
+    await w.advance(48 * H)  # DSP-5: the seller's 48 h are over
+    await w.h.probe.wait_for("dispute.request_expired", lambda m: m.subject == silent)
+    await w.cancel(silent)
+    await w.cancel(answered)
+
+    def silence_known(e: dict[str, Any]) -> bool:
+        return e["state"] == "cancelled" and bool(
+            condition(e, "REV-1", "unanswered")["facts"]["unanswered_update_requests"])
+
+    answer = await w.eligibility("upd-b1", silent, silence_known)
+    unanswered = condition(answer, "REV-1", "unanswered")
+    assert unanswered["holds"] is True and "DSP-5" in unanswered["detail"]
+    assert unanswered["facts"]["unanswered_update_requests"] == [request_ids[silent]]
+    await w.review("upd-b1", silent, expect=201)
+
+    answer = await w.cancelled("upd-b2", answered)
+    assert condition(answer, "REV-1", "unanswered")["holds"] is False
+    problem(w.buyer("upd-b2"), await w.review("upd-b2", answered), 409, rule="REV-1")

@@ -121,7 +121,9 @@ class Reviews:
             return
         if getattr(data, "silent_party", "seller") != "seller":
             return
-        entry = {"request_id": str(getattr(data, "request_id", mid)), "at": at}
+        expired_at = getattr(data, "expired_at", None)
+        entry = {"request_id": str(getattr(data, "request_id", mid)),
+                 "at": fact_time(expired_at) if isinstance(expired_at, datetime) else at}
         await self.repo.record_order_fact(data.order_id, push("seller_silences", entry), message_id=mid)
         log.info("seller silence recorded", order_id=data.order_id, request_id=entry["request_id"])
 
