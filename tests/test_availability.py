@@ -183,6 +183,8 @@ async def test_AVL_2_seller_ends_the_period_sooner_and_its_end_does_not_fire_aga
     await world.accepted()
     [ended] = await world.wait_for("availability.away_ended")
     assert ended.data["cause"] == "ended_by_seller" and ended.data["actor"]["id"] == world.seller_id
+    deadlines = await world.admin.get(f"/orders/seller:{world.seller_id}/deadlines", expect=200)
+    assert [(d["kind"], d["state"]) for d in deadlines["deadlines"]] == [("availability.away_end", "cancelled")]
 
     # Ending it again changes nothing; its return date passing publishes nothing more.
     await world.delete(world.seller, f"{world.path}/away", expect=200)
