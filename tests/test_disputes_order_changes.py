@@ -15,6 +15,7 @@ from core.messages import Actor, AmendOrder, CancelByAgreement, ExtendDelivery, 
 from core.service import Service
 from tests.harness import ORDER, Client, Harness
 from tests.support import eventually, header
+from tests.test_disputes import distinct
 
 RESOLUTION_CENTER = Actor(id="resolution-center", role="system")
 
@@ -53,7 +54,7 @@ async def test_DSP_7_extension_command_moves_the_due_date_and_the_late_deadline_
     envelope = await h.publish("command.order.extend_delivery", command, subject=order_id)
     await h.publish("command.order.extend_delivery", command, subject=order_id, id=envelope.id)  # redelivered
 
-    [event] = await h.probe.wait_for("order.delivery_extended", lambda m: m.subject == order_id)
+    [event] = distinct(await h.probe.wait_for("order.delivery_extended", lambda m: m.subject == order_id))
     assert event.data["days"] == 2 and event.data["rule"] == "DSP-7" and event.data["request_id"] == "req-1"
     assert datetime.fromisoformat(event.data["previous_due_at"]) == due_at
     assert datetime.fromisoformat(event.data["due_at"]) == due_at + timedelta(days=2)
@@ -62,7 +63,7 @@ async def test_DSP_7_extension_command_moves_the_due_date_and_the_late_deadline_
     assert datetime.fromisoformat(order["due_at"]) == due_at + timedelta(days=2)
     assert order["delivery_days"] == 5
     await h.probe.settle(0.3)
-    assert len(h.probe.of_type("order.delivery_extended", order_id)) == 1
+    assert len(distinct(h.probe.of_type("order.delivery_extended", order_id))) == 1
     assert (await support(h, service).get(f"/orders/{order_id}"))["version"] == before["version"] + 1
     assert sorted(await deadlines(h, service, order_id)) == [
         ("order.late", "cancelled", due_at), ("order.late", "pending", due_at + timedelta(days=2))]
@@ -85,7 +86,7 @@ async def test_DSP_7_extended_order_is_late_only_at_its_new_due_date() -> None:
         assert (await admin.get(f"/orders/{order_id}"))["late"] is False
         moved = await admin.post("/admin/clock/advance", {"by": "PT1S"}, expect=200)
         assert [f["kind"] for f in moved["fired"]] == ["order.late"]
-        [late] = await h.probe.wait_for("order.late", lambda m: m.subject == order_id)
+        [late] = distinct(await h.probe.wait_for("order.late", lambda m: m.subject == order_id))
         assert datetime.fromisoformat(late.data["due_at"]) == new_due
 
 
@@ -99,13 +100,13 @@ async def test_DSP_7_an_order_already_late_stays_late_and_is_not_late_twice() ->
 
         await h.publish("command.order.extend_delivery",
                         ExtendDelivery(order_id=order_id, actor=RESOLUTION_CENTER, days=3), subject=order_id)
-        [event] = await h.probe.wait_for("order.delivery_extended", lambda m: m.subject == order_id)
+        [event] = distinct(await h.probe.wait_for("order.delivery_extended", lambda m: m.subject == order_id))
         assert event.data["late"] is True
         order = await admin.get(f"/orders/{order_id}", expect=200)
         assert order["late"] is True and order["delivery_days"] == 6
         await admin.post("/admin/clock/advance", {"by": "P4D"}, expect=200)
         await h.probe.settle(0.3)
-        assert len(h.probe.of_type("order.late", order_id)) == 1
+        assert len(distinct(h.probe.of_type("order.late", order_id))) == 1
         assert [d for d in await deadlines(h, service, order_id) if d[1] == "pending"] == []
 
 
@@ -116,7 +117,7 @@ async def test_DSP_7_extension_before_the_requirements_lengthens_the_delivery_cl
     order_id = await started_order(h, service, "buyer-ext-4", requirements=False)
     await h.publish("command.order.extend_delivery",
                     ExtendDelivery(order_id=order_id, actor=RESOLUTION_CENTER, days=4), subject=order_id)
-    [event] = await h.probe.wait_for("order.delivery_extended", lambda m: m.subject == order_id)
+    [event] = distinct(await h.probe.wait_for("order.delivery_extended", lambda m: m.subject == order_id))
     assert event.data["delivery_days"] == 7 and "due_at" not in event.data
     started = await buyer.post(f"/orders/{order_id}/requirements", {"requirements": "x"}, expect=200)
     assert (datetime.fromisoformat(started["due_at"]) - datetime.fromisoformat(started["started_at"])
@@ -132,7 +133,7 @@ async def test_DSP_8_amend_command_adds_revisions_days_and_exact_price_once(shar
     envelope = await h.publish("command.order.amend", command, subject=order_id)
     await h.publish("command.order.amend", command, subject=order_id, id=envelope.id)  # redelivered
 
-    [event] = await h.probe.wait_for("order.amended", lambda m: m.subject == order_id)
+    [event] = distinct(await h.probe.wait_for("order.amended", lambda m: m.subject == order_id))
     assert event.data["price"] == {"amount": "135.10", "currency": "EUR"}
     assert event.data["previous_price"] == {"amount": "120.00", "currency": "EUR"}
     assert event.data["added_price"] == {"amount": "15.10", "currency": "EUR"}
@@ -144,7 +145,7 @@ async def test_DSP_8_amend_command_adds_revisions_days_and_exact_price_once(shar
     assert order["extra_revisions"] == 2 and order["delivery_days"] == 4
     assert datetime.fromisoformat(order["due_at"]) == datetime.fromisoformat(before["due_at"]) + timedelta(days=1)
     await h.probe.settle(0.3)
-    assert len(h.probe.of_type("order.amended", order_id)) == 1
+    assert len(distinct(h.probe.of_type("order.amended", order_id))) == 1
 
 
 async def test_DSP_8_amend_in_another_currency_or_by_a_party_is_dead_lettered_and_changes_nothing() -> None:
@@ -174,12 +175,12 @@ async def test_DSP_4_cancel_by_agreement_is_a_mutual_cancellation_applied_once(
     envelope = await h.publish("command.order.cancel_by_agreement", command, subject=order_id)
     await h.publish("command.order.cancel_by_agreement", command, subject=order_id, id=envelope.id)
 
-    [event] = await h.probe.wait_for("order.cancelled", lambda m: m.subject == order_id)
+    [event] = distinct(await h.probe.wait_for("order.cancelled", lambda m: m.subject == order_id))
     assert (event.data["cause"], event.data["requested_by"], event.data["rule"], event.data["request_id"]) == (
         "mutual_agreement", "seller", "DSP-4", "req-3")
     assert event.data["previous_state"] == "in_progress" and "reason" not in event.data
     await h.probe.settle(0.3)
-    assert len(h.probe.of_type("order.cancelled", order_id)) == 1
+    assert len(distinct(h.probe.of_type("order.cancelled", order_id))) == 1
     assert (await support(h, service).get(f"/orders/{order_id}"))["cancel_cause"] == "mutual_agreement"
 
 
