@@ -555,6 +555,27 @@ async def test_REV_9_one_review_per_order_and_a_repeated_request_changes_nothing
     assert len(events(w.h, "review.published", order_id)) == 1
 
 
+async def test_REV_9_two_reviews_sent_at_once_one_is_published(world: World) -> None:
+    """A buyer who clicks "publish" in two tabs at once: the store keeps one review per order."""
+    w = world
+    await w.regular_buyer("race-b")
+    order_id = await w.order("race-b", "race-s", deliver=True)
+    await w.cancel(order_id)
+    await w.cancelled("race-b", order_id)
+    tabs = [w.h.client(w.service, "race-b", "buyer") for _ in range(3)]
+    answers = await asyncio.gather(*(tab.post(f"/orders/{order_id}/review", {"rating": n + 1, "text": f"tab {n}"})
+                                     for n, tab in enumerate(tabs)))
+    assert sorted(tab.last_status for tab in tabs) == [201, 409, 409]
+    winner = next(a for a, tab in zip(answers, tabs, strict=True) if tab.last_status == 201)
+    for answer, tab in zip(answers, tabs, strict=True):
+        if tab.last_status == 409:
+            assert answer["rule"] == "REV-9" and answer["review_id"] == winner["review_id"]
+    await w.h.probe.wait_for("review.published", lambda m: m.subject == order_id)
+    await w.h.probe.settle(0.3)
+    [event] = events(w.h, "review.published", order_id)
+    assert event.data["text"] == winner["text"]
+
+
 async def test_REV_9_the_buyer_and_support_may_ask_why_others_may_not(world: World) -> None:
     w = world
     await w.regular_buyer("ask-b")

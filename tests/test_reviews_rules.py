@@ -45,7 +45,9 @@ def say(key: str, sender: str, at: datetime) -> Message:
 
 
 @pytest.mark.parametrize(("seconds", "words"), [(0, "0 s"), (59, "59 s"), (3600, "1 h"), (86401, "24 h 1 s"),
-                                                (111600, "31 h"), (90061, "25 h 1 min 1 s")])
+                                                (111600, "31 h"), (90061, "25 h 1 min 1 s"),
+                                                (172799, "47 h 59 min 59 s"), (432000, "5 d"),
+                                                (403205, "4 d 16 h 5 s")])
 def test_human_durations_to_the_second(seconds: int, words: str) -> None:
     assert human(timedelta(seconds=seconds)) == words
 

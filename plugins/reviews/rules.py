@@ -449,11 +449,14 @@ def review_window(order: OrderFacts, policy: ReviewPolicy, now: datetime) -> Con
 
 
 def human(duration: timedelta) -> str:
-    """A duration in hours, minutes and seconds, to the second: "31 h", "24 h 1 s"."""
+    """A duration to the second, in hours below two days: "31 h", "24 h 1 s", "5 d", "4 d 16 h"."""
     total = int(duration.total_seconds())
-    hours, rest = divmod(total, 3600)
+    days, rest = divmod(total, 86400) if total >= 2 * 86400 else (0, total)
+    hours, rest = divmod(rest, 3600)
     minutes, seconds = divmod(rest, 60)
-    parts = [f"{hours} h"] if hours else []
+    parts = [f"{days} d"] if days else []
+    if hours:
+        parts.append(f"{hours} h")
     if minutes:
         parts.append(f"{minutes} min")
     if seconds or not parts:
