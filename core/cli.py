@@ -7,6 +7,8 @@
     rescenter docs [--check]           write (or check) docs/openapi.json and docs/asyncapi.json
     rescenter token SUB ROLE...        mint a development token with the configured secret
     rescenter check-config             validate the configuration and print it
+    rescenter PLUGIN COMMAND ...       a command a plugin declares (hook `register_commands`),
+                                       e.g. `rescenter metrics rebuild`
 """
 
 from __future__ import annotations
@@ -16,12 +18,43 @@ import asyncio
 import json
 import signal
 import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from core.settings import Settings, SettingsError, load_settings
 
+if TYPE_CHECKING:
+    from core.clock import Clock
+    from core.plugins import PluginRegistry
+    from core.store import Store
+
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+CORE_COMMANDS = frozenset({"run", "plugins", "docs", "token", "check-config"})
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    """What a plugin's command works with: the configuration, a connected store and the
+    service's clock (in test clock mode, the shared test instant)."""
+
+    settings: Settings
+    store: Store
+    clock: Clock
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A plugin's command-line command: `rescenter <plugin> <name> [arguments]`.
+    `run` returns the exit status."""
+
+    name: str
+    help: str
+    run: Callable[[CommandContext, argparse.Namespace], Awaitable[int]]
+    #: adds the command's own arguments to its parser
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,12 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("roles", nargs="+")
     token.add_argument("--ttl", type=int, default=3600)
     sub.add_parser("check-config", help="validate the configuration")
+    try:
+        settings: Settings | None = load_settings()
+        settings_error = None
+    except SettingsError as exc:  # reported once the arguments are parsed (--help still works)
+        settings, settings_error = None, exc
+    plugin_commands = _add_plugin_commands(sub, settings) if settings is not None else {}
     args = parser.parse_args(argv)
 
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(f"rescenter: {exc}", file=sys.stderr)
+    if settings is None:
+        print(f"rescenter: {settings_error}", file=sys.stderr)
         return 2
     from core.logging import configure_logging
 
@@ -66,7 +103,60 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(settings.model_dump_json(indent=2, exclude={"auth": {"secret"}}))
         return 0
+    if args.command in plugin_commands:
+        return asyncio.run(_plugin_command(settings, plugin_commands[args.command][args.plugin_command], args))
     return 2
+
+
+def _declarations(settings: Settings) -> PluginRegistry:
+    """The plugins loaded for what they declare (routes, types, commands), without servers."""
+    from core.metrics import Metrics
+    from core.plugins import PluginRegistry
+
+    class _NoStore:
+        def collection(self, name: str) -> None:
+            return None
+
+    registry = PluginRegistry(settings.plugins, _NoStore(), Metrics())  # type: ignore[arg-type]
+    registry.load()
+    return registry
+
+
+def _add_plugin_commands(sub: Any, settings: Settings) -> dict[str, dict[str, Command]]:
+    """`rescenter <plugin> <command>` for every command a plugin declares."""
+    declared: dict[str, dict[str, Command]] = {}
+    for result in _declarations(settings).call_each("register_commands"):
+        if result.plugin in CORE_COMMANDS:
+            print(f"rescenter: the commands of plugin {result.plugin!r} are ignored: the name is a core command",
+                  file=sys.stderr)
+            continue
+        for command in result.value:
+            declared.setdefault(result.plugin, {})[command.name] = command
+    for plugin, commands in sorted(declared.items()):
+        plugin_parser = sub.add_parser(plugin, help=f"commands of the {plugin} plugin")
+        plugin_sub = plugin_parser.add_subparsers(dest="plugin_command", required=True)
+        for name, command in sorted(commands.items()):
+            command_parser = plugin_sub.add_parser(name, help=command.help, description=command.help)
+            if command.arguments is not None:
+                command.arguments(command_parser)
+    return declared
+
+
+async def _plugin_command(settings: Settings, command: Command, args: argparse.Namespace) -> int:
+    from core.clock import SystemClock, TestClock
+    from core.store import Store
+
+    store = Store(settings.store.url, settings.store.database)
+    await store.connect()
+    try:
+        clock: Clock = SystemClock()
+        if settings.clock.mode == "test":
+            test_clock = TestClock(store.collection("clock"))
+            await test_clock.refresh()  # the instant the running instances share, read once
+            clock = test_clock
+        return await command.run(CommandContext(settings=settings, store=store, clock=clock), args)
+    finally:
+        await store.close()
 
 
 async def _run(settings: Settings) -> int:
@@ -128,15 +218,8 @@ def documents(settings: Settings) -> dict[str, Any]:
     from core.http.core_routes import core_routes
     from core.http.openapi import openapi_document
     from core.messages import asyncapi_document, core_catalogue
-    from core.metrics import Metrics
-    from core.plugins import PluginRegistry
 
-    class _NoStore:
-        def collection(self, name: str) -> None:
-            return None
-
-    registry = PluginRegistry(settings.plugins, _NoStore(), Metrics())  # type: ignore[arg-type]
-    registry.load()
+    registry = _declarations(settings)
     catalogue = core_catalogue()
     for result in registry.call_each("register_message_types"):
         for mt in result.value:

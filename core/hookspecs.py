@@ -15,6 +15,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from core.bus import Subscription
+    from core.cli import Command
     from core.http.routes import Route
     from core.messages import MessageType, PlaceOrder
     from core.scheduler import DeadlineHandler
@@ -48,6 +49,11 @@ def register_deadline_handlers(services: Services) -> dict[str, DeadlineHandler]
 @hookspec
 def register_outbox_collections() -> list[str]:
     """Collections whose documents carry pending effects (`_outbox`) to sweep."""
+
+
+@hookspec
+def register_commands() -> list[Command]:
+    """Command-line commands of the plugin, run as `rescenter <plugin> <command>`."""
 
 
 @hookspec

@@ -3,11 +3,18 @@ outside one (tests/probe_plugin.py), against the real servers."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import structlog
 
-from core.hookspecs import hookimpl  # noqa: F401  (the marker plugins use)
+from core.cli import Command, CommandContext
+from core.hookspecs import hookimpl
 from tests.harness import ORDER, Harness
 from tests.probe_plugin import PINGS, REMINDERS, UNPLACED, ProbePing
 
@@ -90,3 +97,47 @@ async def test_log_lines_written_while_handling_a_message_carry_its_context() ->
     assert placed[0]["type"] == "command.order.place"
     assert placed[0]["order_id"] == "logged-order"
     assert placed[0]["plugin"] == "core"
+
+
+# ---------------------------------------------------------------- register_commands: this module, loaded as a plugin
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@hookimpl
+def register_commands() -> list[Command]:
+    """Only when `plugins.extra` names this module (the subprocess below), as plugin `test_hooks`."""
+
+    async def clock(context: CommandContext, args: argparse.Namespace) -> int:
+        await context.store.ping()
+        print(f"{args.greeting} at {context.clock.now().isoformat()} ({context.clock.mode})", file=context.out)
+        return 3 if args.fail else 0
+
+    def arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("greeting")
+        parser.add_argument("--fail", action="store_true")
+
+    return [Command("clock", "Print the service clock.", clock, arguments=arguments)]
+
+
+async def test_register_commands_runs_as_rescenter_plugin_command_with_the_store_and_the_clock() -> None:
+    async with Harness() as h:
+        service = await h.start_instance()
+        moved = await h.client(service, "admin-1", "admin").post("/admin/clock/advance", {"by": "P3D"}, expect=200)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RESCENTER_")}
+        env.update({"RESCENTER_PLUGINS__EXTRA": '["tests.test_hooks"]', "RESCENTER_CLOCK__MODE": "test",
+                    "RESCENTER_SERVICE__ENVIRONMENT": "test", "RESCENTER_STORE__URL": h.settings.store.url,
+                    "RESCENTER_STORE__DATABASE": h.settings.store.database})
+
+        def rescenter(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=60)
+
+        ran, failed, listed = await asyncio.gather(
+            asyncio.to_thread(rescenter, "test_hooks", "clock", "hello"),
+            asyncio.to_thread(rescenter, "test_hooks", "clock", "hello", "--fail"),
+            asyncio.to_thread(rescenter, "--help"))
+    # The shared test instant, read from the store: the command got both.
+    assert ran.returncode == 0 and f"hello at {moved['now']} (test)" in ran.stdout, ran.stderr
+    assert failed.returncode == 3  # the command's exit status is the process's
+    assert "test_hooks" in listed.stdout
