@@ -1,10 +1,63 @@
-"""Private order completion rate and success score.
+"""Private order completion rate and success score, explained order by order.
 
-Rules MET-1 to MET-4 of RULES.md. Registered with the core; its hook
-implementations land with its own issue, so for now it declares nothing and
-consumes nothing.
+Rules MET-1 to MET-4 of RULES.md; see README.md beside this file. It keeps
+every event it consumes (`repository.py`), turns each into facts about its
+seller (`facts.py`), and decides the figures for any instant from those facts
+(`rules.py`); support flags cancellations (`flags.py`); `routes.py` is the
+HTTP API and `rebuild.py` the `rescenter metrics rebuild` command.
 """
 
 from __future__ import annotations
 
-NAME = "metrics"
+from typing import Any
+
+from core.bus import Subscription
+from core.cli import Command
+from core.hookspecs import hookimpl
+from core.http.routes import Route
+from core.messages import Envelope, MessageData, MessageType
+from plugins.metrics import rebuild
+from plugins.metrics.messages import CONSUMED, MESSAGE_TYPES, fill_in_missing_types
+from plugins.metrics.repository import FLAGS, MetricsRepository, log
+from plugins.metrics.routes import NAME, routes
+
+__all__ = ["NAME"]
+
+
+@hookimpl
+def register_message_types() -> list[MessageType]:
+    return list(MESSAGE_TYPES)
+
+
+@hookimpl
+def register_subscriptions(services: Any) -> list[Subscription]:
+    repository = MetricsRepository(services.store)
+
+    async def record(envelope: Envelope, data: MessageData) -> None:
+        # `data` is the owner's model; the metrics read the fields they need with their own.
+        await repository.record(envelope.id, envelope.type, envelope.time, envelope.data)
+
+    return [Subscription(types=tuple(CONSUMED), handler=record)]
+
+
+@hookimpl
+def register_routes() -> list[Route]:
+    return routes()
+
+
+@hookimpl
+def register_outbox_collections() -> list[str]:
+    return [FLAGS]
+
+
+@hookimpl
+def register_commands() -> list[Command]:
+    return [Command("rebuild", rebuild.HELP, rebuild.run, arguments=rebuild.arguments)]
+
+
+@hookimpl
+def startup(services: Any) -> Any:
+    added = fill_in_missing_types(services.catalogue)
+    if added:
+        log.warning("consuming event types whose owner is not loaded", types=added)
+    return MetricsRepository(services.store).create_indexes()
