@@ -139,7 +139,7 @@ def consumed_by_metrics(service: Service) -> float:
 
 async def figures(client: Client, seller_id: str, **query: str) -> dict[str, Any]:
     suffix = "&".join(f"{k}={v.replace('+', '%2B')}" for k, v in query.items())
-    return await client.get(f"/metrics/sellers/{seller_id}" + (f"?{suffix}" if suffix else ""), expect=200)
+    return await client.get(f"/sellers/{seller_id}/metrics" + (f"?{suffix}" if suffix else ""), expect=200)
 
 
 async def figures_when(client: Client, seller_id: str, check: Any, what: str) -> dict[str, Any]:
@@ -238,12 +238,12 @@ async def test_MET_1_only_the_seller_and_support_read_the_figures_others_get_404
     strangers = [w.seller(unique("another-seller")), buyer_of_it, w.admin,
                  w.h.client(w.service, "a-service", "service")]
     for stranger in strangers:
-        for path in (f"/metrics/sellers/{seller_id}", f"/metrics/sellers/{seller_id}/changes"
+        for path in (f"/sellers/{seller_id}/metrics", f"/sellers/{seller_id}/metrics/changes"
                      "?since=2020-01-01T00:00:00Z&until=2020-01-02T00:00:00Z"):
             body = await stranger.get(path)
             problem(stranger, body, 404)
         # ... exactly as for a seller with no figures at all: nothing to learn from the answer.
-        unknown = await stranger.get(f"/metrics/sellers/{unique('nobody')}")
+        unknown = await stranger.get(f"/sellers/{unique('nobody')}/metrics")
         assert problem(stranger, unknown, 404)["title"] == body["title"]
     assert order_id in lines(await figures(w.support, seller_id))
 
@@ -272,7 +272,7 @@ async def test_MET_1_an_order_counts_until_60_days_after_it_ended_then_leaves_th
     assert as_of["source"] == "event_log" and kept in lines(as_of)
     assert as_of["completion_rate"] == just_before["completion_rate"]
     # ... and why it moved: the order left the window.
-    moved = await seller.get(f"/metrics/sellers/{seller_id}/changes?since={before.replace('+', '%2B')}"
+    moved = await seller.get(f"/sellers/{seller_id}/metrics/changes?since={before.replace('+', '%2B')}"
                              f"&until={(ended_at + timedelta(days=60)).isoformat().replace('+', '%2B')}", expect=200)
     assert [(c["order_id"], c["change"]) for c in moved["orders"]] == [(kept, "left_window")]
     assert (moved["completion_rate_before"], moved["completion_rate_after"]) == (100.0, None)
@@ -285,9 +285,9 @@ async def test_MET_1_as_of_refuses_an_instant_it_cannot_answer(world: World) -> 
     later = (await now(w) + timedelta(days=1)).isoformat().replace("+", "%2B")
     for query, words in ((f"at={later}", "later than now"), ("at=yesterday", "ISO 8601"),
                          ("at=2025-01-01T00:00:00", "offset")):
-        body = await seller.get(f"/metrics/sellers/{seller_id}?{query}")
+        body = await seller.get(f"/sellers/{seller_id}/metrics?{query}")
         assert words in problem(seller, body, 422)["detail"]
-    body = await seller.get(f"/metrics/sellers/{seller_id}/changes?since=2025-01-02T00:00:00Z"
+    body = await seller.get(f"/sellers/{seller_id}/metrics/changes?since=2025-01-02T00:00:00Z"
                             "&until=2025-01-01T00:00:00Z")
     assert "earlier" in problem(seller, body, 422)["detail"]
 
@@ -386,7 +386,7 @@ async def test_MET_2_mutual_cancellation_then_a_new_order_within_14_days_stops_c
     # As of just before the reorder, from the events kept, the first cancellation still counted.
     before = (cancelled_at[first] + timedelta(days=14) - timedelta(seconds=2)).isoformat()
     assert lines(await figures(seller, seller_id, at=before))[first]["counted"] is True
-    moved = await seller.get(f"/metrics/sellers/{seller_id}/changes?since={before.replace('+', '%2B')}"
+    moved = await seller.get(f"/sellers/{seller_id}/metrics/changes?since={before.replace('+', '%2B')}"
                              f"&until={(await now(w)).isoformat().replace('+', '%2B')}", expect=200)
     assert [(c["order_id"], c["change"]) for c in moved["orders"]] == [(first, "reclassified")]
     assert moved["orders"][0]["after"]["reason"] == "mutual_cancellation_then_new_order"
@@ -401,7 +401,7 @@ async def test_MET_2_support_flags_a_cancellation_and_clears_it(world: World) ->
     await figures_when(seller, seller_id, lambda f: f["completion_rate"]["cancellations_counted"] == 1, "cancel")
     flagged_at = await now(w)
 
-    flag = await w.support.put(f"/metrics/orders/{order_id}/flag", {"flag": "fraud", "note": "stolen card"},
+    flag = await w.support.put(f"/orders/{order_id}/cancellation-flag", {"flag": "fraud", "note": "stolen card"},
                                expect=200)
     assert (flag["flag"], flag["revision"], flag["changed_by"]) == ("fraud", 1, "support-1")
     # The answer already holds: the next read shows it.
@@ -411,12 +411,12 @@ async def test_MET_2_support_flags_a_cancellation_and_clears_it(world: World) ->
     event = (await w.h.probe.wait_for("metrics.cancellation_flag_set", lambda m: m.subject == order_id))[0]
     assert (event.data["seller_id"], event.data["flag"], event.data["rule"]) == (seller_id, "fraud", "MET-2")
     # The same flag again changes nothing and publishes nothing.
-    again = await w.support.put(f"/metrics/orders/{order_id}/flag", {"flag": "fraud", "note": "stolen card"},
+    again = await w.support.put(f"/orders/{order_id}/cancellation-flag", {"flag": "fraud", "note": "stolen card"},
                                 expect=200)
     assert again["revision"] == 1
 
     await advance_to(w, flagged_at + timedelta(hours=2))
-    cleared = await w.support.request("DELETE", f"/metrics/orders/{order_id}/flag", expect=200)
+    cleared = await w.support.request("DELETE", f"/orders/{order_id}/cancellation-flag", expect=200)
     assert (cleared["flag"], cleared["revision"]) == (None, 2)
     line = lines(await figures(seller, seller_id))[order_id]
     assert (line["counted"], line["reason"]) == (True, "cancelled_by_support")
@@ -425,25 +425,25 @@ async def test_MET_2_support_flags_a_cancellation_and_clears_it(world: World) ->
     # As of the hour it was flagged, from the events kept: excluded then.
     hour_later = (flagged_at + timedelta(hours=1)).isoformat()
     assert lines(await figures(seller, seller_id, at=hour_later))[order_id]["reason"] == "flagged_fraud"
-    assert (await w.support.get(f"/metrics/orders/{order_id}/flag", expect=200))["flag"] is None
+    assert (await w.support.get(f"/orders/{order_id}/cancellation-flag", expect=200))["flag"] is None
 
 
 async def test_MET_2_flags_refused_clearly_and_nothing_changed(world: World) -> None:
     w = world
     seller_id = unique("seller-bad-flags")
     running = await place_over_http(w, unique("buyer"), seller_id)
-    body = await w.support.put(f"/metrics/orders/{running}/flag", {"flag": "mistaken_order", "note": "oops"})
+    body = await w.support.put(f"/orders/{running}/cancellation-flag", {"flag": "mistaken_order", "note": "oops"})
     assert "only a cancellation can be flagged" in problem(w.support, body, 409, rule="MET-2")["detail"]
-    assert (await w.support.get(f"/metrics/orders/{running}/flag", expect=200))["flag"] is None
+    assert (await w.support.get(f"/orders/{running}/cancellation-flag", expect=200))["flag"] is None
 
-    body = await w.support.put(f"/metrics/orders/{unique('nope')}/flag", {"flag": "fraud", "note": "x"})
+    body = await w.support.put(f"/orders/{unique('nope')}/cancellation-flag", {"flag": "fraud", "note": "x"})
     problem(w.support, body, 404)
-    body = await w.support.put(f"/metrics/orders/{running}/flag", {"flag": "bored", "note": "x"})
+    body = await w.support.put(f"/orders/{running}/cancellation-flag", {"flag": "bored", "note": "x"})
     problem(w.support, body, 422)
-    body = await w.support.put(f"/metrics/orders/{running}/flag", {"flag": "fraud", "note": "x", "extra": 1})
+    body = await w.support.put(f"/orders/{running}/cancellation-flag", {"flag": "fraud", "note": "x", "extra": 1})
     problem(w.support, body, 422)
     seller = w.seller(seller_id)  # a seller cannot flag its own cancellations
-    body = await seller.put(f"/metrics/orders/{running}/flag", {"flag": "fraud", "note": "x"})
+    body = await seller.put(f"/orders/{running}/cancellation-flag", {"flag": "fraud", "note": "x"})
     problem(seller, body, 403)
     assert not w.h.probe.of_type("metrics.cancellation_flag_set", running)
 

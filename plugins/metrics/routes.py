@@ -104,22 +104,22 @@ async def clear_flag(call: Call) -> dict[str, Any]:
 def routes() -> list[Route]:
     tags = ("metrics",)
     return [
-        Route("GET", "/metrics/sellers/{seller_id}", seller_metrics,
+        Route("GET", "/sellers/{seller_id}/metrics", seller_metrics,
               "A seller's completion rate with every order behind it (counted or excluded, why, the rule, when it "
               "leaves the window) and success score with each factor's contribution; ?at= for the figures as of "
               "a past instant, folded from the events kept. Only the seller and support (others: 404).",
               roles=ALL_ROLES, rules=("MET-1", "MET-2", "MET-3", "MET-4"), tags=tags, query=("at",)),
-        Route("GET", "/metrics/sellers/{seller_id}/changes", seller_metrics_changes,
+        Route("GET", "/sellers/{seller_id}/metrics/changes", seller_metrics_changes,
               "Why a seller's figures moved between two instants (?since=&until=): orders that entered or left "
               "the window or were excluded meanwhile, and each factor's move. Only the seller and support.",
               roles=ALL_ROLES, rules=("MET-1", "MET-2", "MET-4"), tags=tags, query=("since", "until")),
-        Route("GET", "/metrics/orders/{order_id}/flag", get_flag,
+        Route("GET", "/orders/{order_id}/cancellation-flag", get_flag,
               "Support: the flag of a cancelled order (fraud, mistaken order), if any.",
               roles=SUPPORT, rules=("MET-2",), tags=tags),
-        Route("PUT", "/metrics/orders/{order_id}/flag", set_flag,
+        Route("PUT", "/orders/{order_id}/cancellation-flag", set_flag,
               "Support flags a cancelled order as fraud or placed by mistake: it stops counting in the seller's "
               "completion rate.", roles=SUPPORT, body=FlagBody, rules=("MET-2",), tags=tags),
-        Route("DELETE", "/metrics/orders/{order_id}/flag", clear_flag,
+        Route("DELETE", "/orders/{order_id}/cancellation-flag", clear_flag,
               "Support clears the flag: the cancellation counts again unless another exclusion applies.",
               roles=SUPPORT, rules=("MET-2",), tags=tags),
     ]
