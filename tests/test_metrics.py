@@ -231,11 +231,11 @@ async def test_MET_1_rate_is_completed_over_orders_that_count_with_each_order_ex
 
 async def test_MET_1_only_the_seller_and_support_read_the_figures_others_get_404(world: World) -> None:
     w = world
-    seller_id = unique("seller-private")
-    order_id = await complete_over_http(w, unique("buyer"), seller_id)
+    seller_id, buyer_id = unique("seller-private"), unique("buyer")
+    order_id = await complete_over_http(w, buyer_id, seller_id)
     await figures_when(w.seller(seller_id), seller_id, lambda f: f["completion_rate"]["completed"] == 1, "one order")
-    buyer_of_it = w.h.client(w.service, "buyer-of-it", "buyer")
-    strangers = [w.seller(unique("another-seller")), buyer_of_it, w.admin,
+    # Not even the buyer of its orders, nor admins and services: only the seller and support.
+    strangers = [w.seller(unique("another-seller")), w.buyer(buyer_id), w.admin,
                  w.h.client(w.service, "a-service", "service")]
     for stranger in strangers:
         for path in (f"/sellers/{seller_id}/metrics", f"/sellers/{seller_id}/metrics/changes"
