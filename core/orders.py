@@ -235,11 +235,15 @@ class OrderService:
         if not vetoes:
             return
         plugin, veto, reason = vetoes[0]
+        log.info("order refused by a plugin", order_id=command.order_id, plugin=plugin,
+                 plugin_rule=veto.rule if veto else None, seller_id=command.seller_id)
         for undo in self.plugins.call_each("order_not_placed", services=services, order=command, reason=reason):
             try:
                 await _await(undo.value)
             except Exception:
                 log.exception("order_not_placed hook failed", plugin=undo.plugin)
+        if veto is not None and veto.discreet:
+            raise RuleViolation(reason, rule="ORD-5")
         raise RuleViolation(
             reason,
             rule="ORD-5",

@@ -14,5 +14,8 @@ class Veto:
     rule: str
     #: extra facts for the problem document (return date, cap, ...)
     details: dict[str, Any] = field(default_factory=dict)
+    #: the refused buyer is told the reason only: the problem names neither the
+    #: plugin nor its rule nor the details (a blocked buyer must not learn of the block)
+    discreet: bool = False
     #: filled in by the core
     plugin: str = ""

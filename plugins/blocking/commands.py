@@ -140,4 +140,4 @@ class BlockingCommands:
             return None
         log.info("order refused: buyer blocked", seller_id=order.seller_id, buyer_id=order.buyer_id,
                  order_id=order.order_id)
-        return Veto(reason=REFUSAL, rule="BLK-1")
+        return Veto(reason=REFUSAL, rule="BLK-1", discreet=True)
