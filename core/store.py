@@ -124,20 +124,25 @@ class GuardedCollection:
             return None
         return f"{self.raw.full_name}/{filter['_id']!r}"
 
+    async def _guards_hold(self, filter: Mapping[str, Any], *, upsert: bool) -> bool:
+        """The document (read by `_id`) satisfies the filter's other fields; call under its lock."""
+        guards = {k: v for k, v in filter.items() if k != "_id"}
+        if not guards:
+            return True
+        if upsert:
+            raise NotImplementedError("upsert with guards on FerretDB")
+        current = await self.raw.find_one({"_id": filter["_id"]})
+        return current is not None and matches(current, guards)
+
     async def update_one(
         self, filter: Mapping[str, Any], update: Mapping[str, Any], *, upsert: bool = False
     ) -> UpdateResult:
         key = self._key(filter)
         if key is None or self._locks is None:
             return await self.raw.update_one(filter, update, upsert=upsert)
-        guards = {k: v for k, v in filter.items() if k != "_id"}
         async with self._locks.hold(key):
-            if guards:
-                if upsert:
-                    raise NotImplementedError("upsert with guards on FerretDB")
-                current = await self.raw.find_one({"_id": filter["_id"]})
-                if current is None or not matches(current, guards):
-                    return UpdateResult({"n": 0, "nModified": 0}, acknowledged=True)
+            if not await self._guards_hold(filter, upsert=upsert):
+                return UpdateResult({"n": 0, "nModified": 0}, acknowledged=True)
             return await self.raw.update_one({"_id": filter["_id"]}, update, upsert=upsert)
 
     async def find_one_and_update(
@@ -153,14 +158,9 @@ class GuardedCollection:
             return await self.raw.find_one_and_update(
                 filter, update, return_document=return_document, upsert=upsert
             )
-        guards = {k: v for k, v in filter.items() if k != "_id"}
         async with self._locks.hold(key):
-            if guards:
-                if upsert:
-                    raise NotImplementedError("upsert with guards on FerretDB")
-                current = await self.raw.find_one({"_id": filter["_id"]})
-                if current is None or not matches(current, guards):
-                    return None
+            if not await self._guards_hold(filter, upsert=upsert):
+                return None
             return await self.raw.find_one_and_update(
                 {"_id": filter["_id"]}, update, return_document=return_document, upsert=upsert
             )
