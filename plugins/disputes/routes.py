@@ -23,7 +23,7 @@ Text = Annotated[str, Field(min_length=1, max_length=5_000, pattern=r"\S")]
 ShortText = Annotated[str, Field(min_length=1, max_length=1_000, pattern=r"\S")]
 
 
-class Amount(Body):
+class OfferedAmount(Body):
     """Money in the order's currency: an exact decimal with at most two places, as a string."""
 
     amount: Decimal = Field(max_digits=14, decimal_places=2, examples=["30.00"])
@@ -35,7 +35,7 @@ class PartialRefund(Body):
     explanation for the buyer, and a reason from the list that the buyer never sees."""
 
     kind: Literal["partial_refund"]
-    amount: Amount
+    amount: OfferedAmount
     explanation: Text
     reason: RefundReason = Field(description="Confidential: shown to the seller and support only.")
 
@@ -82,7 +82,7 @@ class ExtraOffer(Body):
     description: Text
     revisions: int = Field(default=0, le=100)
     days: int = Field(default=0, le=365)
-    price: Amount | None = None
+    price: OfferedAmount | None = None
 
 
 class OpenRequestBody(RootModel[Annotated[

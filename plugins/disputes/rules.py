@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Any, Literal, get_args
 
 from pydantic import TypeAdapter
@@ -65,8 +65,6 @@ class KindRule:
     answers: tuple[str, ...]
     summary: str  # what the author does, for the list of actions (DSP-1)
     noun: str  # what the request is called in sentences
-    #: stored fields that only the author and support may read (DSP-2, DSP-6)
-    confidential: tuple[str, ...] = ()
 
     @property
     def answerer(self) -> str:
@@ -75,7 +73,7 @@ class KindRule:
 
 KINDS: dict[str, KindRule] = {k.kind: k for k in (
     KindRule("partial_refund", "DSP-2", "seller", ("accept", "decline"), "offer a partial refund",
-             "offer of a partial refund", confidential=("refund_reason",)),
+             "offer of a partial refund"),
     KindRule("seller_cancel_request", "DSP-4", "seller", ("accept", "decline"), "ask the buyer to cancel the order",
              "request to cancel the order"),
     KindRule("extension_request", "DSP-7", "seller", ("accept", "decline"), "ask to extend the delivery date",
@@ -84,7 +82,7 @@ KINDS: dict[str, KindRule] = {k.kind: k for k in (
              "offer of extra revisions or services"),
     KindRule("update_request", "DSP-5", "buyer", ("reply",), "ask the seller for an update", "request for an update"),
     KindRule("buyer_cancel_request", "DSP-6", "buyer", ("accept", "decline"), "ask the seller to cancel the order",
-             "request to cancel the order", confidential=("cancellation_reason",)),
+             "request to cancel the order"),
 )}
 
 
@@ -263,7 +261,7 @@ def _checked_terms(kind: str, fields: Mapping[str, Any], order: Mapping[str, Any
         price = original_price(order)
         percent = policy.max_partial_refund_percent
         if amount * 100 > price.amount * percent:  # exact: no rounding decides this
-            cap = (price.amount * percent / 100).quantize(Decimal("0.01"), rounding="ROUND_DOWN")
+            cap = (price.amount * percent / 100).quantize(Decimal("0.01"), rounding=ROUND_DOWN)
             raise RuleViolation(
                 f"a partial refund is at most {percent} % of the original order price "
                 f"({price.amount} {currency}): at most {cap} {currency}",
