@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest_asyncio
 
+from core.errors import RuleViolation
+from core.http.auth import Principal
 from core.messages import Envelope
 from core.scheduler import Deadline
 from core.service import Service
-from plugins.disputes.center import CASES, center_for
+from plugins.disputes.center import CASES, ResolutionCenter, center_for
 from tests.harness import ORDER, Client, Harness
 from tests.support import eventually, problem
 
@@ -740,30 +742,28 @@ async def test_DSP_2_DSP_6_confidential_reasons_never_reach_the_other_party(
 
 
 async def test_DSP_9_DSP_10_an_accept_racing_the_deadline_and_a_second_accept_gives_exactly_one_outcome() -> None:
-    """Two instances: the two accepts and the deadline decide in different instances,
-    and only the case's version guard keeps them apart. Extra offers (silence declines)
-    and extensions (silence accepts), many times over."""
+    """Two accepts and the test clock reaching the deadline, at once, over HTTP, many
+    times over: extra offers (silence declines) and extensions (silence accepts)."""
     async with Harness() as h:
-        instances = (await h.start_instance(service={"instance_id": "race-a"}),
-                     await h.start_instance(service={"instance_id": "race-b"}))
+        service = await h.start_instance()
         outcomes: dict[str, tuple[str, str]] = {}  # order id -> (kind, answered | expired)
         round_ = 0
         # Six rounds at least; more (up to twelve) until both sides of the race have won.
         while round_ < 6 or (len({o for _, o in outcomes.values()}) < 2 and round_ < 12):
-            cases = [await new_case(h, instances[n % 2], f"race-{round_}-{n}") for n in range(4)]
+            cases = [await new_case(h, service, f"race-{round_}-{n}") for n in range(4)]
             bodies = [extra_offer() if n % 2 == 0 else extension(1) for n in range(4)]
             requests = [await c.open(c.seller, body) for c, body in zip(cases, bodies, strict=True)]
             answer_by = at(requests[0]["answer_by"])
             await cases[0].advance_to(answer_by - ONE_SECOND)
 
-            async def accept(case: Case, via: Service, request_id: str, delay: float) -> tuple[int, Any]:
+            async def accept(case: Case, request_id: str, delay: float) -> tuple[int, Any]:
                 await asyncio.sleep(delay)  # staggered, so some accepts meet the deadline mid-way
-                buyer = Client(case.buyer.session, f"http://127.0.0.1:{via.port}", case.buyer.token)
+                buyer = Client(case.buyer.session, case.buyer.base, case.buyer.token)
                 body = await buyer.post(case.path(f"/requests/{request_id}/answer"), {"answer": "accept"})
                 return buyer.last_status, body
 
-            racers = [accept(c, via, r["id"], 0.02 * n)
-                      for n, (c, r) in enumerate(zip(cases, requests, strict=True)) for via in instances]
+            racers = [accept(c, r["id"], 0.02 * n)
+                      for n, (c, r) in enumerate(zip(cases, requests, strict=True)) for _ in range(2)]
             *answers, _ = await asyncio.gather(*racers, cases[0].advance_to(answer_by))
             for n, (case, request) in enumerate(zip(cases, requests, strict=True)):
                 mine = answers[2 * n:2 * n + 2]
@@ -788,6 +788,44 @@ async def test_DSP_9_DSP_10_an_accept_racing_the_deadline_and_a_second_accept_gi
                 assert count("order.delivery_extended") == 1, order_id
         # Both sides of the race were exercised, or the test proved little.
         assert {outcome for _, outcome in outcomes.values()} == {"answered", "expired"}
+
+
+async def test_DSP_9_DSP_10_deciders_of_different_instances_meet_at_the_version_guard_one_outcome() -> None:
+    """Within an instance a per-order lock lines deciders up; across instances only the
+    case's version guard does. Three resolution centers (one per instance, each with its
+    own lock) decide on the same request at once: two accepts and its deadline."""
+    async with Harness() as h:
+        service = await h.start_instance()
+        assert service.services is not None
+        centers = [ResolutionCenter(service.services) for _ in range(3)]
+        for round_ in range(10):
+            case = await new_case(h, service, f"guard-{round_}")
+            request = await case.open(case.seller, extra_offer())
+            buyer = Principal(id=f"buyer-guard-{round_}", roles=frozenset({"buyer"}))
+            deadline = Deadline(id=f"disputes/{case.order_id}/{request['id']}/answer_window", owner="disputes",
+                                kind="answer_window", subject=case.order_id, due_at=at(request["answer_by"]),
+                                payload={"request_id": request["id"]})
+            deciders = [centers[0].answer(case.order_id, request["id"], buyer, "accept", None),
+                        centers[1].answer(case.order_id, request["id"], buyer, "accept", None),
+                        centers[2].on_answer_window(deadline)]
+            if round_ % 2:
+                deciders.reverse()
+            results = await asyncio.gather(*deciders, return_exceptions=True)
+            accepted = [r for r in results if isinstance(r, dict)]
+            refused = [r for r in results if isinstance(r, RuleViolation)]
+            assert len(accepted) + len(refused) == 2 and all(r.rule == "DSP-9" for r in refused), results
+            state = (await case.request(case.support, request["id"]))["state"]
+            assert state == ("accepted" if accepted else "expired")
+            assert len(accepted) <= 1
+            await case.events("dispute.request_answered" if accepted else "dispute.request_expired")
+
+        await h.probe.settle(0.5)
+        for order_id in {m.subject for m in h.probe.messages if m.type == "dispute.request_opened"}:
+            decided = [m for m in distinct(h.probe.messages) if m.subject == order_id and m.type in (
+                "dispute.request_answered", "dispute.request_expired")]
+            assert len(decided) == 1, order_id
+            amended = [m for m in distinct(h.probe.messages) if m.subject == order_id and m.type == "order.amended"]
+            assert len(amended) == (decided[0].type == "dispute.request_answered"), order_id
 
 
 # ---------------------------------------------------------------- a crash between the two writes
