@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 from pymongo.errors import DuplicateKeyError
 
-from core.errors import Conflict, InvalidInput, NotFound
+from core.errors import Conflict, InvalidInput
 from core.http.auth import Principal
 from core.locks import KeyedLocks
 from core.messages import Actor, Envelope, MessageData, make_envelope
