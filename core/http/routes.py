@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from core.errors import InvalidInput
+from core.errors import Forbidden, InvalidInput
 from core.http.auth import Principal
 from core.messages import Actor
 
@@ -23,6 +23,9 @@ Handler = Callable[["Call"], Awaitable[Any]]
 
 ALL_ROLES = frozenset({"buyer", "seller", "support", "admin", "service"})
 STAFF = frozenset({"support", "admin", "service"})
+SUPPORT = frozenset({"support", "admin"})
+#: routes about a seller's own settings: the seller, or support acting for them
+SELLER_OR_SUPPORT = frozenset({"seller"}) | SUPPORT
 
 
 class Body(BaseModel):
@@ -66,6 +69,15 @@ class Call:
         """The caller as an actor: staff act as staff, users as the party they claim."""
         assert self.principal is not None
         return self.principal.actor(party)
+
+    def acting_for_seller(self, seller_id: str, what: str = "this") -> Actor:
+        """The seller themselves, or support acting for them; anyone else is refused."""
+        assert self.principal is not None
+        if self.principal.roles & SUPPORT:
+            return self.actor()
+        if "seller" in self.principal.roles and self.principal.id == seller_id:
+            return self.actor("seller")
+        raise Forbidden(f"only the seller (or support) can see or change {what}", seller_id=seller_id)
 
     @property
     def idempotency_key(self) -> str | None:

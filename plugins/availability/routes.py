@@ -14,14 +14,10 @@ from typing import Annotated, Any
 
 from pydantic import AwareDatetime, Field, StringConstraints, field_validator
 
-from core.errors import Forbidden
-from core.http.routes import Body, Call, Route
-from core.messages import Actor
+from core.http.routes import SELLER_OR_SUPPORT, Body, Call, Route
 from plugins.availability import rules
 from plugins.availability.commands import NAME, AvailabilityCommands
 
-SELLER_OR_SUPPORT = frozenset({"seller", "support", "admin"})
-SUPPORT = frozenset({"support", "admin"})
 TAGS = ("availability",)
 
 Note = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=rules.NOTE_MAX_LENGTH)]
@@ -68,17 +64,6 @@ class CapBody(Body):
 # ---------------------------------------------------------------- who acts
 
 
-def acting_for(call: Call, seller_id: str) -> Actor:
-    """The seller themselves, or support acting for them."""
-    principal = call.principal
-    assert principal is not None
-    if principal.roles & SUPPORT:
-        return call.actor()
-    if "seller" in principal.roles and principal.id == seller_id:
-        return call.actor("seller")
-    raise Forbidden("only the seller (or support) can see or change this", seller_id=seller_id)
-
-
 # ---------------------------------------------------------------- views
 
 
@@ -119,7 +104,7 @@ async def get_availability(call: Call) -> dict[str, Any]:
 
 async def get_settings(call: Call) -> dict[str, Any]:
     seller_id = call.match["seller_id"]
-    acting_for(call, seller_id)
+    call.acting_for_seller(seller_id)
     doc = await AvailabilityCommands(call.services).documents.get(seller_id)
     return await private_view(call, seller_id, doc)
 
@@ -128,7 +113,7 @@ async def set_away(call: Call) -> dict[str, Any]:
     seller_id = call.match["seller_id"]
     body: AwayBody = call.body
     doc = await AvailabilityCommands(call.services).set_away(
-        seller_id, acting_for(call, seller_id), starts_at=body.starts_at, until=body.until, note=body.note)
+        seller_id, call.acting_for_seller(seller_id), starts_at=body.starts_at, until=body.until, note=body.note)
     return await private_view(call, seller_id, doc)
 
 
@@ -136,13 +121,13 @@ async def set_rest_of_day(call: Call) -> dict[str, Any]:
     seller_id = call.match["seller_id"]
     body: RestOfDayBody = call.body
     doc = await AvailabilityCommands(call.services).set_rest_of_day(
-        seller_id, acting_for(call, seller_id), time_zone=body.time_zone, note=body.note, until_local=body.until)
+        seller_id, call.acting_for_seller(seller_id), time_zone=body.time_zone, note=body.note, until_local=body.until)
     return await private_view(call, seller_id, doc)
 
 
 async def end_away(call: Call) -> dict[str, Any]:
     seller_id = call.match["seller_id"]
-    doc = await AvailabilityCommands(call.services).end_away(seller_id, acting_for(call, seller_id))
+    doc = await AvailabilityCommands(call.services).end_away(seller_id, call.acting_for_seller(seller_id))
     return await private_view(call, seller_id, doc)
 
 
@@ -150,14 +135,14 @@ async def set_cap(call: Call) -> dict[str, Any]:
     seller_id = call.match["seller_id"]
     body: CapBody = call.body
     doc = await AvailabilityCommands(call.services).set_cap(
-        seller_id, acting_for(call, seller_id), body.max_active_orders)
+        seller_id, call.acting_for_seller(seller_id), body.max_active_orders)
     return await private_view(call, seller_id, doc)
 
 
 async def pause_gig(call: Call) -> dict[str, Any]:
     seller_id = call.match["seller_id"]
     doc = await AvailabilityCommands(call.services).pause_gig(
-        seller_id, acting_for(call, seller_id), call.match["gig_id"])
+        seller_id, call.acting_for_seller(seller_id), call.match["gig_id"])
     return await private_view(call, seller_id, doc)
 
 
@@ -165,7 +150,7 @@ async def resume_gig(call: Call) -> dict[str, Any]:
     seller_id = call.match["seller_id"]
     # A gig that is not paused is left as it is: a repeated DELETE answers the same.
     doc = await AvailabilityCommands(call.services).resume_gig(
-        seller_id, acting_for(call, seller_id), call.match["gig_id"])
+        seller_id, call.acting_for_seller(seller_id), call.match["gig_id"])
     return await private_view(call, seller_id, doc)
 
 

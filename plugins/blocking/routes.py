@@ -8,26 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.errors import Forbidden
-from core.http.routes import Call, Route
-from core.messages import Actor
+from core.http.routes import SELLER_OR_SUPPORT, Call, Route
 from plugins.blocking.commands import BlockingCommands
 
-SELLER_OR_SUPPORT = frozenset({"seller", "support", "admin"})
-SUPPORT = frozenset({"support", "admin"})
 TAGS = ("blocking",)
-
-
-def acting_for(call: Call, seller_id: str) -> Actor:
-    """The seller themselves, or support acting for them (BLK-3: nobody else)."""
-    principal = call.principal
-    assert principal is not None
-    if principal.roles & SUPPORT:
-        return call.actor()
-    if "seller" in principal.roles and principal.id == seller_id:
-        return call.actor("seller")
-    raise Forbidden("only the seller (or support) can see or change a seller's blocked buyers",
-                    seller_id=seller_id)
+WHAT = "a seller's blocked buyers"  # BLK-3: nobody else sees the list
 
 
 def view(seller_id: str, blocked: list[dict[str, Any]]) -> dict[str, Any]:
@@ -37,21 +22,21 @@ def view(seller_id: str, blocked: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def list_blocked(call: Call) -> dict[str, Any]:
     seller_id = call.match["seller_id"]
-    acting_for(call, seller_id)
+    call.acting_for_seller(seller_id, WHAT)
     return view(seller_id, await BlockingCommands(call.services).blocked_buyers(seller_id))
 
 
 async def block_buyer(call: Call) -> dict[str, Any]:
     seller_id = call.match["seller_id"]
     blocked = await BlockingCommands(call.services).block(
-        seller_id, call.match["buyer_id"], acting_for(call, seller_id))
+        seller_id, call.match["buyer_id"], call.acting_for_seller(seller_id, WHAT))
     return view(seller_id, blocked)
 
 
 async def unblock_buyer(call: Call) -> dict[str, Any]:
     seller_id = call.match["seller_id"]
     blocked = await BlockingCommands(call.services).unblock(
-        seller_id, call.match["buyer_id"], acting_for(call, seller_id))
+        seller_id, call.match["buyer_id"], call.acting_for_seller(seller_id, WHAT))
     return view(seller_id, blocked)
 
 
