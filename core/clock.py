@@ -15,7 +15,7 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Protocol
 
-from core.store import GuardedCollection
+from core.store import Collection
 
 
 def utcnow() -> datetime:
@@ -59,7 +59,7 @@ class TestClock:
     __test__ = False  # not a pytest class
     DOC_ID = "test-clock"
 
-    def __init__(self, collection: GuardedCollection, refresh_interval: float = 0.2) -> None:
+    def __init__(self, collection: Collection, refresh_interval: float = 0.2) -> None:
         self._collection = collection
         self._at = utcnow()
         self._refresh_interval = refresh_interval

@@ -456,8 +456,9 @@ class OrderService:
         *,
         message_id: str | None = None,
     ) -> dict[str, Any]:
-        # One writer per order in this process. FerretDB 1.x (SQLite) does not isolate a
-        # conditional update, so two concurrent writers could both pass the version guard.
+        # One writer per order in this process: the version guard arbitrates between
+        # processes; here a second writer waits instead of losing the race and retrying,
+        # and an order's events are published in the order of its changes.
         async with self._writing.hold(order_id):
             return await self._decide_and_write(order_id, decide, message_id=message_id)
 

@@ -133,14 +133,12 @@ class Outbox:
         for name in sorted(self.collections):
             col = self.store.collection(name)
             now = _real_now()
-            # Read the ids first: with FerretDB's single connection an open cursor
-            # must not wait on the writes below.
+            # Read the ids first, then claim each: no cursor stays open across the writes.
             stale_docs = await col.find({"_outbox_due": {"$lte": now}}, {"_id": 1}).limit(limit).to_list()
             for stale in stale_docs:
                 claimed = await col.find_one_and_update(
                     {"_id": stale["_id"], "_outbox_due": {"$lte": now}},
                     {"$set": {"_outbox_due": now + self.settings.lease}},
-                    # No projection: FerretDB 1.x refuses findAndModify's `fields`.
                     return_document=True,
                 )
                 if claimed is None:

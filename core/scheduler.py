@@ -22,7 +22,6 @@ from typing import Any
 import structlog
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 from pymongo import ASCENDING
-from pymongo.errors import DuplicateKeyError
 
 from core.clock import Clock, TestClock
 from core.metrics import Metrics
@@ -65,7 +64,6 @@ class Scheduler:
         active_owners: Callable[[], set[str]],
     ) -> None:
         self.collection = store.collection("deadlines")
-        self.claims = store.collection("deadline_claims")  # one id per (deadline, attempt)
         self.clock = clock
         self.settings = settings
         self.metrics = metrics
@@ -128,7 +126,7 @@ class Scheduler:
 
         One query, earliest first; it also tells when the next deadline falls
         due, so the loop reads the collection again only then (or at its scan
-        interval): FerretDB reads a whole collection for such a query.
+        interval), not at every poll.
         """
         owners = sorted(self.active_owners())
         real_now = _real_now()
@@ -149,19 +147,17 @@ class Scheduler:
     async def _claim(self, doc: dict[str, Any], real_now: datetime) -> bool:
         """Take attempt n+1 of a deadline, unless another instance already has.
 
-        FerretDB 1.x (SQLite) runs a conditional update without isolation: two
-        instances can both "win" the same find_one_and_update. Inserting a
-        unique id is atomic there too, so the attempt's claim is that insert.
+        One conditional update: the filter holds what this instance read (state,
+        attempt count, lease), so of several instances reading the same
+        candidate exactly one matches, and a deadline cancelled meanwhile does
+        not match at all.
         """
         attempt = doc.get("attempts", 0) + 1
-        try:
-            await self.claims.insert_one(
-                {"_id": f"{doc['_id']}#{attempt}", "instance": self.instance, "at": real_now}
-            )
-        except DuplicateKeyError:
-            return False
+        guard: dict[str, Any] = {"_id": doc["_id"], "state": doc["state"], "attempts": doc.get("attempts", 0)}
+        if doc["state"] == "claimed":
+            guard["lease_until"] = {"$lte": real_now}
         taken = await self.collection.update_one(
-            {"_id": doc["_id"], "state": doc["state"]},  # not cancelled meanwhile
+            guard,
             {"$set": {"state": "claimed", "claimed_by": self.instance, "attempts": attempt,
                       "lease_until": real_now + self.settings.lease}},
         )

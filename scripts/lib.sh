@@ -8,19 +8,13 @@ export ROOT LOCAL VENV
 
 export RABBITMQ_URL="${RABBITMQ_URL:-amqp://guest:guest@127.0.0.1:5672/}"
 export MONGODB_URL="${MONGODB_URL:-mongodb://127.0.0.1:27017/}"
-export FERRETDB_VERSION=v1.24.2
-# What our build reports as its version: the release plus our patches (see
-# scripts/build-ferretdb); a binary reporting anything else is rebuilt.
-export FERRETDB_BUILD=$FERRETDB_VERSION-rescenter.1
+# The embedded store's JVM: a bounded heap (its data lives in the H2 file, with
+# a page cache inside this heap) and the serial collector, which suits 2 cores.
+export EMBEDDED_STORE_JAVA_OPTS="${EMBEDDED_STORE_JAVA_OPTS:--Xms64m -Xmx384m -XX:+UseSerialGC}"
 
 # Tools scripts/services generates (a rabbitmqctl aimed at its node) come
 # first, for the scripts and for the tests they run.
 PATH="$LOCAL/bin:$PATH"
-
-# Go may be installed without being on PATH (the official tarball layout).
-if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
-    PATH="/usr/local/go/bin:$PATH"
-fi
 
 log() {
     printf '[setup] %s\n' "$*" >&2

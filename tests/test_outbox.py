@@ -110,9 +110,8 @@ async def test_ORD_6_write_that_fails_publishes_nothing() -> None:
 
 
 
-# Against FerretDB 1.x the instances of one process share one connection
-# (core.store.Store), which is what keeps each update atomic there; against
-# MongoDB each instance has its own pool and the guards are atomic server-side.
+# Each instance has its own connection pool: the version guard, checked by the
+# server in the same operation as the write, is what lets only one win.
 @pytest.mark.parametrize("instances", [pytest.param(1, id="one-instance"),
                                        pytest.param(2, id="two-instances")])
 async def test_ORD_6_concurrent_commands_on_one_order_change_it_once(instances: int) -> None:

@@ -1,4 +1,8 @@
-"""The store's guarded single-document writes, on the real MongoDB-wire server."""
+"""The store's guarded single-document writes, on the real MongoDB-wire server.
+
+These hold on MongoDB by design; they are here so that the embedded server
+(or any other server `MONGODB_URL` names) is held to the same semantics.
+"""
 
 from __future__ import annotations
 
@@ -10,38 +14,9 @@ from typing import Any
 import pytest
 
 from core.settings import load_settings
-from core.store import Store, matches, update_guarded
+from core.store import Store, update_guarded
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-
-
-@pytest.mark.parametrize(
-    ("doc", "guards", "expected"),
-    [
-        ({"_version": 3}, {"_version": 3}, True),
-        ({"_version": 3}, {"_version": 4}, False),
-        ({}, {"_version": None}, True),  # a missing field equals null, as in MongoDB
-        ({"_applied": ["m1", "m2"]}, {"_applied": {"$ne": "m3"}}, True),
-        ({"_applied": ["m1", "m2"]}, {"_applied": {"$ne": "m2"}}, False),  # a redelivery
-        ({"state": "pending"}, {"state": {"$in": ["pending", "claimed"]}}, True),
-        ({"state": "done"}, {"state": {"$nin": ["pending", "claimed"]}}, True),
-        ({"due": NOW}, {"due": {"$lte": NOW}}, True),
-        ({"due": NOW}, {"due": {"$lt": NOW}}, False),
-        ({}, {"due": {"$lte": NOW}}, False),  # a missing field is not "before"
-        ({"due": "2026"}, {"due": {"$lte": NOW}}, False),  # no comparison across types
-        ({"_outbox": []}, {"_outbox": {"$size": 0}}, True),
-        ({"_outbox": [{"id": "e1"}]}, {"_outbox": [{"id": "e1"}]}, True),
-        ({"_outbox": [{"id": "e1"}, {"id": "e2"}]}, {"_outbox": [{"id": "e1"}]}, False),
-        ({"a": {"b": 2}}, {"a.b": 2, "a.c": {"$exists": False}}, True),
-    ],
-)
-def test_guards_follow_mongodb_semantics(doc: dict[str, Any], guards: dict[str, Any], expected: bool) -> None:
-    assert matches(doc, guards) is expected
-
-
-def test_an_unknown_guard_operator_is_refused_rather_than_ignored() -> None:
-    with pytest.raises(NotImplementedError, match=r"\$regex"):
-        matches({"name": "x"}, {"name": {"$regex": "x"}})
 
 
 @pytest.fixture
@@ -104,3 +79,53 @@ async def test_a_guarded_update_one_reports_no_match_and_writes_nothing(store: S
                                    {"$set": {"seen": True}})
     assert result.matched_count == 1 and result.modified_count == 1
     assert (await docs.find_one({"_id": "d"})) == {"_id": "d", "state": "cancelled", "due": NOW, "seen": True}
+
+
+async def test_guarded_increments_from_separate_clients_are_neither_lost_nor_doubled(store: Store) -> None:
+    """Eight clients, each with its own connection pool (as separate processes
+    have), race guarded read-modify-writes on one document: every win reported
+    is stored, and nothing else is. (FerretDB 1.24 kept 101 of 400 here.)"""
+    docs = store.collection("docs")
+    await docs.insert_one({"_id": "d", "_version": 0, "n": 0, "by": []})
+    clients = [Store(store.url, store.database) for _ in range(8)]
+    for client in clients:
+        await client.connect()
+
+    async def writer(k: int, client: Store) -> int:
+        col, won = client.collection("docs"), 0
+        while won < 50:
+            current = await col.find_one({"_id": "d"})
+            assert current is not None
+            if await update_guarded(col, "d", {"$inc": {"n": 1}, "$push": {"by": f"{k}-{won}"}},
+                                    version=current["_version"]):
+                won += 1
+        return won
+
+    try:
+        wins = await asyncio.gather(*(writer(k, c) for k, c in enumerate(clients)))
+    finally:
+        for client in clients:
+            await client.close()
+    doc = await docs.find_one({"_id": "d"})
+    assert doc is not None
+    assert sum(wins) == 400
+    assert doc["n"] == 400 and doc["_version"] == 400 and len(set(doc["by"])) == 400
+
+
+async def test_plain_increments_from_separate_clients_are_all_kept(store: Store) -> None:
+    docs = store.collection("docs")
+    await docs.insert_one({"_id": "d", "n": 0})
+    clients = [Store(store.url, store.database) for _ in range(8)]
+    for client in clients:
+        await client.connect()
+
+    async def writer(client: Store) -> None:
+        for _ in range(100):
+            await client.collection("docs").update_one({"_id": "d"}, {"$inc": {"n": 1}})
+
+    try:
+        await asyncio.gather(*(writer(c) for c in clients))
+    finally:
+        for client in clients:
+            await client.close()
+    assert (await docs.find_one({"_id": "d"}) or {})["n"] == 800
