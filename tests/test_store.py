@@ -84,7 +84,7 @@ async def test_a_guarded_update_one_reports_no_match_and_writes_nothing(store: S
 async def test_guarded_increments_from_separate_clients_are_neither_lost_nor_doubled(store: Store) -> None:
     """Eight clients, each with its own connection pool (as separate processes
     have), race guarded read-modify-writes on one document: every win reported
-    is stored, and nothing else is. (FerretDB 1.24 kept 101 of 400 here.)"""
+    is stored, and nothing else is."""
     docs = store.collection("docs")
     await docs.insert_one({"_id": "d", "_version": 0, "n": 0, "by": []})
     clients = [Store(store.url, store.database) for _ in range(8)]
