@@ -290,7 +290,9 @@ class OrderService:
             late_id = order.get("due_at") and _deadline_id(order["_id"], "late", order["due_at"])
             if late_id and not order.get("late"):
                 cancel.append(late_id)  # delivered in time: it will not be late
-            auto_id = _deadline_id(order["_id"], "auto_complete", auto_at)
+            # Numbered: a delivery, a revision and a new delivery at one instant (the test
+            # clock) must not reuse the id of the deadline the revision cancelled.
+            auto_id = _deadline_id(order["_id"], f"auto_complete/{number}", auto_at)
             return Change(
                 set={"state": DELIVERED, "delivered_at": now, "auto_complete_at": auto_at,
                      "auto_complete_deadline": auto_id,

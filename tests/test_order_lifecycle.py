@@ -80,3 +80,23 @@ async def test_ORD_4_unanswered_delivery_completes_itself_after_three_days() -> 
         assert order["state"] == "completed" and order["completion_cause"] == "auto_completed"
         completed = await h.probe.wait_for("order.completed", lambda m: m.subject == order_id)
         assert completed[0].data["actor"]["role"] == "system" and completed[0].data["rule"] == "ORD-4"
+
+
+async def test_ORD_4_a_redelivery_at_the_same_instant_as_the_revision_still_completes_by_itself() -> None:
+    """Delivery, revision request and new delivery at one instant of the test clock: the new
+    delivery's auto-completion is a deadline of its own, not the one the revision cancelled."""
+    async with Harness() as h:
+        service = await h.start_instance()
+        buyer = h.client(service, "buyer-1", "buyer")
+        seller = h.client(service, "seller-1", "seller")
+        admin = h.client(service, "admin-1", "admin")
+        order_id = (await buyer.post("/orders", ORDER, expect=201))["id"]
+        await buyer.post(f"/orders/{order_id}/requirements", {"requirements": "x"}, expect=200)
+        await seller.post(f"/orders/{order_id}/deliveries", {"message": "v1"}, expect=200)
+        await buyer.post(f"/orders/{order_id}/revisions", {"reason": "bigger"}, expect=200)
+        await seller.post(f"/orders/{order_id}/deliveries", {"message": "v2"}, expect=200)
+
+        moved = await admin.post("/admin/clock/advance", {"by": "P3DT1M"}, expect=200)
+        assert "order.auto_complete" in [f["kind"] for f in moved["fired"]]
+        order = await buyer.get(f"/orders/{order_id}", expect=200)
+        assert order["state"] == "completed" and order["completion_cause"] == "auto_completed"
