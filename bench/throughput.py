@@ -14,8 +14,20 @@ its own database, exchange and queues), then, in one run:
    queue on the same exchange and consumed with manual acks by plain
    aio-pika in this process: the ceiling the service is measured against.
 
-It prints events/s, p50/p99 latency for both, and the ratio. It is not a
-test: figures vary with the machine; compare ratios from one run.
+It prints events/s, p50/p99 latency for both, and the ratio, then the
+MongoDB commands (round trips) the service sent for the whole load, plugins'
+handlers included (read from its `rescenter_store_commands_total` counter,
+fed by a PyMongo CommandListener), per command and by collection.
+
+    python bench/throughput.py --orders 500 --rate 100
+
+With `--rate N` the load is paced instead: lifecycles start evenly so that
+about N commands per second are sent, each command after the event of the
+previous one (as users act on what they see), and p50/p99 command->event
+latency is the figure to read: it is the service's latency, not queueing
+behind a flood. Run the unpaced mode first to know the peak rate.
+
+It is not a test: figures vary with the machine; compare ratios from one run.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ from typing import Any
 
 import aio_pika
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -77,7 +90,8 @@ def command(type_: str, order_id: str, buyer: str, seller: str) -> Envelope:
                     subject=order_id, data=data)
 
 
-async def run_service_load(url: str, exchange_name: str, orders: int, window: int) -> dict[str, Any]:
+async def run_service_load(url: str, exchange_name: str, orders: int, window: int,
+                           rate: float | None = None) -> dict[str, Any]:
     connection = await aio_pika.connect_robust(url)
     async with connection:
         publish_channel = await connection.channel(publisher_confirms=True)
@@ -89,6 +103,7 @@ async def run_service_load(url: str, exchange_name: str, orders: int, window: in
             await events.bind(exchange_name, routing_key=key)
 
         sent: dict[tuple[str, int], float] = {}
+        arrived: dict[tuple[str, int], asyncio.Event] = {}
         latencies: list[float] = []
         remaining = orders * len(COMMANDS)
         finished = asyncio.Event()
@@ -101,6 +116,8 @@ async def run_service_load(url: str, exchange_name: str, orders: int, window: in
             started = sent.pop((body["subject"], step), None) if step is not None else None
             if started is not None:
                 latencies.append(time.perf_counter() - started)
+                if (body["subject"], step) in arrived:
+                    arrived.pop((body["subject"], step)).set()
                 remaining -= 1
                 if step == 3:
                     inflight.release()
@@ -110,16 +127,23 @@ async def run_service_load(url: str, exchange_name: str, orders: int, window: in
         await events.consume(on_event, no_ack=True)
 
         async def lifecycle(index: int) -> None:
-            await inflight.acquire()
+            if rate is not None:  # paced: start on schedule, each command after the previous event
+                await asyncio.sleep(max(0.0, started + index * len(COMMANDS) / rate - time.perf_counter()))
+            else:
+                await inflight.acquire()
             order_id = f"bench-{uuid.uuid4().hex[:12]}"
             buyer, seller = f"buyer-{index % 97}", f"seller-{index % 89}"
             for step, type_ in enumerate(COMMANDS):
                 envelope = command(type_, order_id, buyer, seller)
+                if rate is not None:
+                    arrived[(order_id, step)] = asyncio.Event()
                 sent[(order_id, step)] = time.perf_counter()
                 await exchange.publish(
                     aio_pika.Message(envelope.body(), message_id=envelope.id,
                                      delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                     routing_key=type_)
+                if rate is not None:
+                    await asyncio.wait_for(arrived[(order_id, step)].wait(), timeout=60)
 
         started = time.perf_counter()
         await asyncio.gather(*(lifecycle(i) for i in range(orders)))
@@ -190,6 +214,44 @@ async def wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float
     raise SystemExit("the service did not become ready")
 
 
+async def counters(port: int) -> dict[str, dict[tuple[str, ...], float]]:
+    """The service's Prometheus counters: store commands by (command, collection), messages
+    handled by (plugin, type, outcome)."""
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as response:
+        text = await response.text()
+    wanted = {"rescenter_store_commands": ("command", "collection"), "rescenter_consumed": ("plugin", "type", "outcome")}
+    found: dict[str, dict[tuple[str, ...], float]] = {name: {} for name in wanted}
+    for family in text_string_to_metric_families(text):
+        if family.name in wanted:
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    found[family.name][tuple(sample.labels[k] for k in wanted[family.name])] = sample.value
+    return found
+
+
+async def settled_store_commands(port: int, quiet: float = 1.5) -> dict[tuple[str, ...], float]:
+    """Wait until the plugins have handled what the load caused (no message handled for
+    `quiet` seconds), then read the store command counts."""
+    previous = sum((await counters(port))["rescenter_consumed"].values())
+    while True:
+        await asyncio.sleep(quiet)
+        current = await counters(port)
+        handled = sum(current["rescenter_consumed"].values())
+        if handled == previous:
+            return current["rescenter_store_commands"]
+        previous = handled
+
+
+def round_trip_report(before: dict[tuple[str, ...], float], after: dict[tuple[str, ...], float],
+                      commands: int) -> str:
+    delta = {key: after[key] - before.get(key, 0) for key in after if after[key] - before.get(key, 0) > 0}
+    total = sum(delta.values())
+    lines = [f"MongoDB round trips: {total:.0f} for {commands} commands = {total / commands:.2f} per command"]
+    for (name, collection), count in sorted(delta.items(), key=lambda item: -item[1]):
+        lines.append(f"  {name:<16}{collection:<24}{count:>8.0f}{count / commands:>8.2f}")
+    return "\n".join(lines)
+
+
 async def cleanup(url: str, mongo_url: str, database: str, exchange: str, prefix: str) -> None:
     from pymongo import AsyncMongoClient
 
@@ -204,6 +266,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, default=2000)
     parser.add_argument("--window", type=int, default=100, help="order lifecycles in flight at once")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="paced mode: about this many commands per second, for latency")
     args = parser.parse_args()
 
     url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -222,7 +286,9 @@ async def main() -> None:
                                cwd=ROOT, env=env)
     try:
         await wait_ready(port, process)
-        service = await run_service_load(url, exchange, args.orders, args.window)
+        before = (await counters(port))["rescenter_store_commands"]
+        service = await run_service_load(url, exchange, args.orders, args.window, args.rate)
+        after = await settled_store_commands(port)
         raw = await run_raw(url, exchange, prefix, service["messages"], args.window)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -232,13 +298,15 @@ async def main() -> None:
             process.kill()
         await cleanup(url, mongo_url, database, exchange, prefix)
 
-    print(f"\n{args.orders} order lifecycles, {service['messages']} commands -> events, all plugins on")
+    mode = f"paced at {args.rate:g} commands/s" if args.rate else "unpaced"
+    print(f"\n{args.orders} order lifecycles, {service['messages']} commands -> events, all plugins on, {mode}")
     print(f"{'':24}{'msgs/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'seconds':>10}")
     for name, row in (("service (cmd -> event)", service), ("raw aio-pika (pub->ack)", raw)):
         print(f"{name:24}{row['per_second']:>10.0f}{row['p50_ms']:>10.1f}{row['p99_ms']:>10.1f}{row['seconds']:>10.1f}")
     print(f"ratio service/raw: {service['per_second'] / raw['per_second']:.3f}  "
           f"(each lifecycle message costs the service a consume, a read, a version-guarded write,"
           f" a confirmed publish and an outbox clear)")
+    print(round_trip_report(before, after, service["messages"]))
 
 
 if __name__ == "__main__":

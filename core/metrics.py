@@ -37,4 +37,13 @@ class Metrics:
             "rescenter_deadlines_fired_total", "Deadlines fired, by owner and kind.", ["owner", "kind"],
             registry=r,
         )
+        self.store_commands = Counter(
+            "rescenter_store_commands_total",
+            "MongoDB commands sent (round trips to the store), by command and collection.",
+            ["command", "collection"], registry=r,
+        )
+        self.store_seconds = Histogram(
+            "rescenter_store_command_seconds", "MongoDB command latency, by command.", ["command"],
+            registry=r, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+        )
         self.plugin_enabled = Gauge("rescenter_plugin_enabled", "1 when the plugin is on.", ["plugin"], registry=r)

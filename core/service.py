@@ -56,7 +56,7 @@ class Service:
         settings = self.settings
         instance = settings.service.instance
         metrics = Metrics()
-        store = Store(settings.store.url, settings.store.database)
+        store = Store(settings.store.url, settings.store.database, metrics=metrics)
         await store.connect()
         clock: Clock = TestClock(store.collection("clock")) if settings.clock.mode == "test" else SystemClock()
         if isinstance(clock, TestClock):

@@ -13,12 +13,16 @@ core.outbox).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pymongo import AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.monitoring import CommandFailedEvent, CommandListener, CommandStartedEvent, CommandSucceededEvent
+
+if TYPE_CHECKING:
+    from core.metrics import Metrics
 
 log = structlog.get_logger("rescenter.store")
 
@@ -37,15 +41,18 @@ class Store:
     of ours in between.
     """
 
-    def __init__(self, url: str, database: str) -> None:
+    def __init__(self, url: str, database: str, *, metrics: Metrics | None = None) -> None:
         self.url = url
         self.database = database
+        self.metrics = metrics
         self.client: AsyncMongoClient[dict[str, Any]] | None = None
         self.db: AsyncDatabase[dict[str, Any]] | None = None
 
     async def connect(self) -> None:
+        listeners = [_CommandCounter(self.metrics)] if self.metrics is not None else []
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            self.url, tz_aware=True, serverSelectionTimeoutMS=5000, appname="rescenter"
+            self.url, tz_aware=True, serverSelectionTimeoutMS=5000, appname="rescenter",
+            event_listeners=listeners,
         )
         try:
             info = await client.admin.command("buildInfo")
@@ -71,6 +78,25 @@ class Store:
             return
         client, self.client, self.db = self.client, None, None
         await client.close()
+
+
+class _CommandCounter(CommandListener):
+    """Counts every command sent to the store (each one is a round trip) in Prometheus:
+    `rescenter_store_commands_total{command, collection}`."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def started(self, event: CommandStartedEvent) -> None:
+        target = event.command.get(event.command_name)
+        collection = target if isinstance(target, str) else ""
+        self.metrics.store_commands.labels(event.command_name, collection).inc()
+
+    def succeeded(self, event: CommandSucceededEvent) -> None:
+        self.metrics.store_seconds.labels(event.command_name).observe(event.duration_micros / 1e6)
+
+    def failed(self, event: CommandFailedEvent) -> None:
+        self.metrics.store_seconds.labels(event.command_name).observe(event.duration_micros / 1e6)
 
 
 def guarded_update(
