@@ -10,6 +10,7 @@ redelivery changes nothing twice.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -17,9 +18,9 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from pymongo import ASCENDING, DESCENDING
-from pymongo.errors import DuplicateKeyError
+from pymongo import ASCENDING, DESCENDING, InsertOne, ReplaceOne
 
+from core.batching import Outcome
 from core.clock import Clock
 from core.errors import (
     Conflict,
@@ -50,7 +51,7 @@ from core.messages import (
 from core.outbox import Effect, Outbox
 from core.scheduler import CORE_OWNER, Deadline
 from core.settings import OrderPolicy
-from core.store import Store, update_guarded
+from core.store import APPLIED_KEEP, Store
 
 if TYPE_CHECKING:
     from core.plugins import PluginRegistry
@@ -131,6 +132,7 @@ class OrderService:
         services_ref: Callable[[], Any],
     ) -> None:
         self.collection = store.collection(COLLECTION)
+        self.batcher = store.batcher(COLLECTION)  # the hot path's reads and inserts share round trips
         self.outbox = outbox
         self.clock = clock
         self.policy = policy
@@ -173,7 +175,7 @@ class OrderService:
     # ------------------------------------------------------------ placing (ORD-5)
 
     async def place(self, command: PlaceOrder, actor: Actor, *, message_id: str | None = None) -> dict[str, Any]:
-        existing = await self.collection.find_one({"_id": command.order_id})
+        existing = await self.batcher.find_by_id(command.order_id)
         if existing is not None:
             if _same_order(existing, command):
                 return existing  # a retried placement
@@ -210,10 +212,8 @@ class OrderService:
         envelope = make_envelope("order.placed", event, subject=order["_id"], time=now)
         order["timeline"] = [_timeline_entry(0, envelope.type, envelope.id, now, actor, "ORD-1", event)]
         order.update(self.outbox.initial([Effect.publish(envelope)]))
-        try:
-            await self.collection.insert_one(order)
-        except DuplicateKeyError:
-            raise Conflict(f"order id {command.order_id!r} is taken", order_id=command.order_id) from None
+        if await self.batcher.write(InsertOne(order)) is Outcome.CONFLICT:
+            raise Conflict(f"order id {command.order_id!r} is taken", order_id=command.order_id)
         async with self._writing.hold(order["_id"]):  # a reaction to order.placed waits for the flush
             await self._flush_quietly(order)  # stored: placed, even if the event waits for the sweeper
         log.info("order placed", order_id=order["_id"])
@@ -473,7 +473,7 @@ class OrderService:
         attempts: int = 8,
     ) -> dict[str, Any]:
         for _ in range(attempts):
-            order = await self.collection.find_one({"_id": order_id})
+            order = await self.batcher.find_by_id(order_id)
             if order is None:
                 raise NotFound(f"no order {order_id!r}", order_id=order_id)
             if message_id is not None and message_id in order.get("_applied", []):
@@ -484,11 +484,6 @@ class OrderService:
                 if message_id is None:
                     return order
                 # Remember the message even when it changed nothing, so it stays a no-op.
-            update: dict[str, Any] = {}
-            if change.set:
-                update["$set"] = dict(change.set)
-            if change.inc:
-                update["$inc"] = dict(change.inc)
             effects: list[Effect] = []
             entries = []
             seq = len(order.get("timeline", []))
@@ -500,12 +495,13 @@ class OrderService:
                                                getattr(data, "rule", None), data))
             effects += [Effect.cancel(deadline_id) for deadline_id in change.cancel]
             effects += [Effect.schedule(deadline) for deadline in change.schedule]
-            if entries:
-                update.setdefault("$push", {})["timeline"] = {"$each": entries}
-            self.outbox.stage(update, effects)
-            written = await update_guarded(self.collection, order_id, update,
-                                           version=order.get("_version", 0), message_id=message_id)
-            if written is None:
+            written = _changed(order, change, entries, message_id)
+            self.outbox.append(written, effects)
+            # The whole new document, written only if the order is still at the version it
+            # was decided on (a guarded upsert: core.batching), sharing a round trip with
+            # other orders' writes.
+            guard = {"_id": order_id, "_version": order.get("_version", 0)}
+            if await self.batcher.write(ReplaceOne(guard, written, upsert=True)) is Outcome.CONFLICT:
                 continue  # someone else changed it first: decide again on the new state
             await self._flush_quietly(written)
             if change.refusal is not None:
@@ -589,6 +585,29 @@ def _move_due_date(order: dict[str, Any], days: int) -> _MovedDueDate:
             moved.schedule.append(Deadline(id=_deadline_id(order["_id"], "late", due_at), owner=CORE_OWNER,
                                            kind=LATE, subject=order["_id"], due_at=due_at))
     return moved
+
+
+def _changed(order: dict[str, Any], change: Change, entries: list[dict[str, Any]],
+             message_id: str | None) -> dict[str, Any]:
+    """The order after `change`: its fields set (a dotted path sets a key of an embedded
+    document, as MongoDB's `$set` does), its counters moved, the timeline entries added,
+    the version bumped and the message remembered (`_applied`, the last APPLIED_KEEP)."""
+    new = copy.deepcopy(order)
+    for path, value in change.set.items():
+        *parents, leaf = path.split(".")
+        target = new
+        for name in parents:
+            target = target.setdefault(name, {})
+            if not isinstance(target, dict):
+                raise TypeError(f"{path}: {name} is not an embedded document")
+        target[leaf] = value
+    for name, by in change.inc.items():
+        new[name] = new.get(name, 0) + by
+    new["timeline"] = [*order.get("timeline", []), *entries]
+    new["_version"] = order.get("_version", 0) + 1
+    if message_id is not None:
+        new["_applied"] = [*order.get("_applied", []), message_id][-APPLIED_KEEP:]
+    return new
 
 
 def _open_deadlines(order: dict[str, Any]) -> list[str]:

@@ -24,7 +24,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import structlog
+from pymongo import UpdateOne
 
+from core.batching import Outcome
 from core.bus import Bus
 from core.locks import KeyedLocks
 from core.messages import Envelope
@@ -91,6 +93,14 @@ class Outbox:
         update.setdefault("$set", {})["_outbox_due"] = _real_now() + self.settings.lease
         return update
 
+    def append(self, doc: dict[str, Any], effects: Iterable[Effect]) -> dict[str, Any]:
+        """Add `effects` to a whole document about to replace the stored one."""
+        entries = [effect.entry() for effect in effects]
+        if entries:
+            doc["_outbox"] = [*doc.get("_outbox", []), *entries]
+            doc["_outbox_due"] = _real_now() + self.settings.lease
+        return doc
+
     def initial(self, effects: Iterable[Effect]) -> dict[str, Any]:
         """Fields for a document inserted together with its effects."""
         entries = [effect.entry() for effect in effects]
@@ -104,18 +114,36 @@ class Outbox:
         entries = doc.get("_outbox") or []
         if not entries:
             return
-        col = self.store.collection(collection)
+        batcher = self.store.batcher(collection)
         async with self._locks.hold(f"{collection}/{doc['_id']}"):
-            for entry in entries:
-                await self._apply(entry)
-            done = await col.update_one(
+            await self._apply_all(entries)
+            # Cleared only if the outbox still holds exactly what we applied (a guarded
+            # upsert: core.batching); it shares a round trip with other writers' clears.
+            cleared = await batcher.write(UpdateOne(
                 {"_id": doc["_id"], "_outbox": entries},
                 {"$set": {"_outbox": []}, "$unset": {"_outbox_due": ""}},
-            )
-            if done.matched_count == 0:
+                upsert=True,
+            ))
+            if cleared is Outcome.CONFLICT:
                 # More was appended meanwhile (or another instance finished first):
                 # remove ours; whoever appended, or the sweeper, applies the rest.
-                await col.update_one({"_id": doc["_id"]}, {"$pullAll": {"_outbox": entries}})
+                await batcher.write(UpdateOne({"_id": doc["_id"]}, {"$pullAll": {"_outbox": entries}}))
+
+    async def _apply_all(self, entries: list[dict[str, str]]) -> None:
+        """Apply in document order. A run of deadline changes, each on a different
+        deadline, goes to the store together (their order cannot matter)."""
+        run: dict[str, dict[str, str]] = {}
+        for entry in entries:
+            if entry["kind"] in ("schedule", "cancel") and entry["id"] not in run:
+                run[entry["id"]] = entry
+                continue
+            await asyncio.gather(*(self._apply(e) for e in run.values()))
+            run = {}
+            if entry["kind"] in ("schedule", "cancel"):
+                run[entry["id"]] = entry
+            else:
+                await self._apply(entry)
+        await asyncio.gather(*(self._apply(e) for e in run.values()))
 
     async def _apply(self, entry: dict[str, str]) -> None:
         if entry["kind"] == "publish":

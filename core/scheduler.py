@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 from pydantic import AwareDatetime, BaseModel, ConfigDict
-from pymongo import ASCENDING
+from pymongo import ASCENDING, UpdateOne
 
 from core.clock import Clock, TestClock
 from core.metrics import Metrics
@@ -64,6 +64,7 @@ class Scheduler:
         active_owners: Callable[[], set[str]],
     ) -> None:
         self.collection = store.collection("deadlines")
+        self.batcher = store.batcher("deadlines")
         self.clock = clock
         self.settings = settings
         self.metrics = metrics
@@ -85,7 +86,7 @@ class Scheduler:
 
     async def schedule(self, deadline: Deadline) -> None:
         """Idempotent: a deadline id is scheduled once; a fired one is not revived."""
-        await self.collection.update_one(
+        await self.batcher.write(UpdateOne(
             {"_id": deadline.id},
             {
                 "$setOnInsert": {
@@ -100,17 +101,17 @@ class Scheduler:
                 }
             },
             upsert=True,
-        )
+        ))
         if self._next_due is None or deadline.due_at < self._next_due:
             self._next_due = deadline.due_at
         self._wake.set()
 
-    async def cancel(self, deadline_id: str) -> bool:
-        result = await self.collection.update_one(
+    async def cancel(self, deadline_id: str) -> None:
+        """A pending deadline will not fire; one already fired or cancelled stays as it is."""
+        await self.batcher.write(UpdateOne(
             {"_id": deadline_id, "state": "pending"},
             {"$set": {"state": "cancelled", "cancelled_at": self.clock.now()}},
-        )
-        return result.modified_count == 1
+        ))
 
     async def get(self, deadline_id: str) -> dict[str, Any] | None:
         return await self.collection.find_one({"_id": deadline_id})

@@ -21,6 +21,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.monitoring import CommandFailedEvent, CommandListener, CommandStartedEvent, CommandSucceededEvent
 
+from core.batching import Batcher
+
 if TYPE_CHECKING:
     from core.metrics import Metrics
 
@@ -47,6 +49,7 @@ class Store:
         self.metrics = metrics
         self.client: AsyncMongoClient[dict[str, Any]] | None = None
         self.db: AsyncDatabase[dict[str, Any]] | None = None
+        self._batchers: dict[str, Batcher] = {}
 
     async def connect(self) -> None:
         listeners = [_CommandCounter(self.metrics)] if self.metrics is not None else []
@@ -68,6 +71,13 @@ class Store:
             raise RuntimeError("Store.connect() first")
         return self.db[name]
 
+    def batcher(self, name: str) -> Batcher:
+        """The collection's group commit (core.batching): concurrent single-document
+        reads and writes share round trips."""
+        if name not in self._batchers:
+            self._batchers[name] = Batcher(self.collection(name))
+        return self._batchers[name]
+
     async def ping(self) -> None:
         if self.db is None:
             raise RuntimeError("Store.connect() first")
@@ -77,6 +87,7 @@ class Store:
         if self.client is None:
             return
         client, self.client, self.db = self.client, None, None
+        self._batchers.clear()
         await client.close()
 
 

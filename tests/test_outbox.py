@@ -88,18 +88,18 @@ async def test_ORD_6_write_that_fails_publishes_nothing() -> None:
         order_id = (await buyer.post("/orders", ORDER, expect=201))["id"]
         await h.probe.wait_for("order.placed", lambda m: m.subject == order_id)
 
-        collection = service.services.orders.collection
-        real = collection.find_one_and_update
+        collection = service.services.orders.batcher.collection  # where the order's writes go
+        real = collection.bulk_write
 
         async def failing_write(*args: Any, **kwargs: Any) -> Any:
             raise PyMongoError("the database refused the write")
 
-        collection.find_one_and_update = failing_write  # type: ignore[method-assign]
+        collection.bulk_write = failing_write  # type: ignore[method-assign]
         try:
             await buyer.post(f"/orders/{order_id}/requirements", {"requirements": "x"})
             assert buyer.last_status == 500
         finally:
-            collection.find_one_and_update = real  # type: ignore[method-assign]
+            collection.bulk_write = real  # type: ignore[method-assign]
 
         await h.probe.settle(0.5)
         assert [m.type for m in h.probe.messages if m.subject == order_id] == ["order.placed"]

@@ -83,7 +83,8 @@ class SellerDocuments:
         return _writing.hold(f"{self._database}/{seller_id}")
 
     async def get(self, seller_id: str) -> dict[str, Any] | None:
-        return await self.collection.find_one({"_id": seller_id})
+        # Read on every placement (ORD-5): concurrent placements share the round trip.
+        return await self.services.store.batcher(COLLECTION).find_by_id(seller_id)
 
     async def _get_or_create(self, seller_id: str) -> dict[str, Any]:
         doc = await self.get(seller_id)

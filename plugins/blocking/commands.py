@@ -56,7 +56,8 @@ class BlockingCommands:
         self._database = services.settings.store.database
 
     async def get(self, seller_id: str) -> dict[str, Any] | None:
-        return await self.collection.find_one({"_id": seller_id})
+        # Read on every placement (ORD-5): concurrent placements share the round trip.
+        return await self.services.store.batcher(COLLECTION).find_by_id(seller_id)
 
     async def blocked_buyers(self, seller_id: str) -> list[dict[str, Any]]:
         """BLK-3: the seller's list, oldest block first."""

@@ -192,7 +192,8 @@ class ResolutionCenter:
         order has no case (nothing was ever asked on it)."""
         async with self._writing.hold(order_id):
             for _ in range(ATTEMPTS):
-                case = await self.cases.find_one({"_id": order_id})
+                # Read for every final order (DSP-9): concurrent handlers share the round trip.
+                case = await self.services.store.batcher(CASES).find_by_id(order_id)
                 if case is None:
                     return None, None
                 if message_id is not None and message_id in case.get("_applied", []):

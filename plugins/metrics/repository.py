@@ -21,14 +21,16 @@ whose document missed an event.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from pymongo import ASCENDING
+from pymongo import ASCENDING, InsertOne, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
+from core.batching import Outcome
 from core.store import Store
 from plugins.metrics.facts import LoggedEvent, facts_of, facts_only, fold
 from plugins.metrics.messages import read_facts, to_millisecond
@@ -45,6 +47,9 @@ class MetricsRepository:
         self.events = store.collection(EVENTS)
         self.orders = store.collection(ORDERS)
         self.flags = store.collection(FLAGS)
+        # Every order event is recorded: handlers of concurrent events share round trips.
+        self._events_batch = store.batcher(EVENTS)
+        self._orders_batch = store.batcher(ORDERS)
 
     async def create_indexes(self) -> None:
         await self.events.create_index([("seller_id", ASCENDING), ("time", ASCENDING)])
@@ -62,20 +67,20 @@ class MetricsRepository:
         kept = read_facts(type_, data).model_dump(mode="json", exclude_none=True)
         event = LoggedEvent(id=event_id, type=type_, time=to_millisecond(time), data=kept)
         facts = facts_of(event)
-        try:
-            await self.events.insert_one({"_id": event.id, "type": event.type, "time": event.time,
-                                          "seller_id": facts.seller_id, "order_id": facts.order_id,
-                                          "data": event.data})
-        except DuplicateKeyError:
-            # Kept already. Set the facts again anyway: the first delivery may have died
-            # between the two writes, and setting them twice changes nothing.
-            log.info("redelivered event: already in the log", event_id=event_id, event_type=type_)
+        # The log entry and the live facts, written side by side: if this delivery dies
+        # between the two, the redelivery sets the facts again, which changes nothing.
+        writes = [self._events_batch.write(InsertOne({
+            "_id": event.id, "type": event.type, "time": event.time,
+            "seller_id": facts.seller_id, "order_id": facts.order_id, "data": event.data}))]
         if facts.assignments:
-            await self.orders.update_one(
+            writes.append(self._orders_batch.write(UpdateOne(
                 {"_id": facts.order_id},
                 {"$set": facts.assignments, "$max": {"last_at": facts.latest}, "$inc": {"_version": 1}},
                 upsert=True,
-            )
+            )))
+        logged, *_ = await asyncio.gather(*writes)
+        if logged is Outcome.CONFLICT:
+            log.info("redelivered event: already in the log", event_id=event_id, event_type=type_)
 
     # ------------------------------------------------------------ reading
 

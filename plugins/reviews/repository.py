@@ -21,10 +21,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING
-from pymongo.errors import DuplicateKeyError
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 
-from core.store import Store, update_guarded
+from core.batching import Outcome
+from core.store import Store, guard_filter, guarded_update
 from plugins.reviews.rules import BuyerFacts, Change, DueDate, Message, OrderFacts, SellerSilence
 
 ORDERS = "reviews_orders"
@@ -61,6 +61,7 @@ class Repository:
         self.orders = store.collection(ORDERS)
         self.buyers = store.collection(BUYERS)
         self.reviews = store.collection(REVIEWS)
+        self._batchers = {ORDERS: store.batcher(ORDERS), BUYERS: store.batcher(BUYERS)}
 
     async def create_indexes(self) -> None:
         # The public listing of a seller's reviews, newest first.
@@ -70,23 +71,23 @@ class Repository:
     # ------------------------------------------------------------ facts
 
     async def record_order_fact(self, order_id: str, update: dict[str, Any], *, message_id: str) -> bool:
-        return await self._record(self.orders, order_id, update, message_id)
+        return await self._record(ORDERS, order_id, update, message_id)
 
     async def record_buyer_fact(self, user_id: str, update: dict[str, Any], *, message_id: str) -> bool:
-        return await self._record(self.buyers, user_id, update, message_id)
+        return await self._record(BUYERS, user_id, update, message_id)
 
-    async def _record(self, collection: Any, doc_id: str, update: dict[str, Any], message_id: str) -> bool:
+    async def _record(self, collection: str, doc_id: str, update: dict[str, Any], message_id: str) -> bool:
         """Apply `update` once per message; create the document the first time any fact names it
-        (facts may come before the order's own events). False: this message was already applied."""
-        written = await update_guarded(collection, doc_id, update, version=None, message_id=message_id)
-        if written is not None:
-            return True
-        try:
-            await collection.insert_one({"_id": doc_id, "_version": 0, "_applied": []})
-        except DuplicateKeyError:
-            pass  # it exists: the guard failed because this message was applied already
-        written = await update_guarded(collection, doc_id, update, version=None, message_id=message_id)
-        return written is not None
+        (facts may come before the order's own events). False: this message was already applied.
+
+        One guarded upsert (core.batching): applied to the document if it has not seen the
+        message, creating it if it does not exist; refused as a duplicate `_id` if it has."""
+        outcome = await self._batchers[collection].write(UpdateOne(
+            guard_filter(doc_id, message_id=message_id),
+            guarded_update(update, message_id=message_id),
+            upsert=True,
+        ))
+        return outcome is Outcome.APPLIED
 
     async def order_facts(self, order_id: str) -> OrderFacts | None:
         """What the plugin knows of the order, or None while no order event named its parties."""
