@@ -232,8 +232,11 @@ async def openapi(call: Call) -> dict[str, Any]:
 
 
 async def asyncapi(call: Call) -> dict[str, Any]:
+    from core.bus import topology
+
     services = call.services
-    return asyncapi_document(services.catalogue, services.settings.bus.exchange)
+    bindings = {name: group.bindings for name, group in services.bus.groups.items()}
+    return asyncapi_document(services.catalogue, topology(services.settings.bus, bindings))
 
 
 def core_routes() -> list[Route]:
