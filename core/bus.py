@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +41,7 @@ from aio_pika.exceptions import DeliveryError
 
 from core.errors import RescenterError, Unavailable
 from core.locks import KeyedLocks
-from core.messages import Catalogue, Envelope, MessageData
+from core.messages import Catalogue, Envelope, MessageData, Queue, Topology
 from core.metrics import Metrics
 from core.settings import BusSettings
 
@@ -366,6 +366,21 @@ async def _quietly(awaitable: Awaitable[Any]) -> None:
         log.warning("could not settle message; it will be redelivered", error=repr(exc))
 
 
+def topology(settings: BusSettings, bindings: Mapping[str, Iterable[str]]) -> Topology:
+    """The queues `Bus.declare_group` declares for these groups (group -> its topic patterns),
+    named as it names them, connected or not: what the AsyncAPI document lists."""
+    names = Bus(settings, Catalogue(), None)  # type: ignore[arg-type]  # naming only
+    return Topology(
+        exchange=names.exchange_name,
+        unrouted=names.unrouted_name,
+        dead_exchange=names.dead_exchange_name,
+        delivery_limit=settings.delivery_limit,
+        queues=tuple(Queue(group=group, name=names.queue_name(group), bindings=tuple(sorted(set(patterns))),
+                           dead_letter_queue=names.dead_queue_name(group))
+                     for group, patterns in sorted(bindings.items(), key=lambda item: (item[0] != "core", item[0]))),
+    )
+
+
 async def delete_topology(settings: BusSettings, groups: Iterable[str]) -> None:
     """Delete what `Bus.connect` and `Bus.declare_group` declared for these groups
     (tests and benchmarks that make a topology of their own clean up with it)."""
@@ -384,4 +399,4 @@ async def delete_topology(settings: BusSettings, groups: Iterable[str]) -> None:
                     await channel.exchange_delete(name)
 
 
-__all__ = ["Bus", "Subscription", "Unroutable", "delete_topology"]
+__all__ = ["Bus", "Subscription", "Unroutable", "delete_topology", "topology"]

@@ -215,9 +215,10 @@ def documents(settings: Settings) -> dict[str, Any]:
     """Build both documents without servers: catalogue and routes from the plugins."""
     import dataclasses
 
+    from core.bus import topology
     from core.http.core_routes import core_routes
     from core.http.openapi import openapi_document
-    from core.messages import asyncapi_document, core_catalogue
+    from core.messages import CORE_BINDINGS, asyncapi_document, core_catalogue
 
     registry = _declarations(settings)
     catalogue = core_catalogue()
@@ -227,10 +228,30 @@ def documents(settings: Settings) -> dict[str, Any]:
     routes = core_routes()
     for result in registry.call_each("register_routes", services=None):
         routes += [dataclasses.replace(r, plugin=result.plugin) for r in result.value]
+    bindings: dict[str, list[str]] = {"core": list(CORE_BINDINGS)}
+    for result in registry.call_each("register_subscriptions", services=_declaring_services(settings)):
+        bindings.setdefault(result.plugin, []).extend(t for subscription in result.value for t in subscription.types)
     return {
         "openapi.json": openapi_document(routes),
-        "asyncapi.json": asyncapi_document(catalogue, settings.bus.exchange),
+        "asyncapi.json": asyncapi_document(catalogue, topology(settings.bus, bindings)),
     }
+
+
+class _NoStore:
+    """A store for hooks that only declare: handing out a collection is not I/O, using one would be."""
+
+    def collection(self, name: str) -> None:
+        return None
+
+
+def _declaring_services(settings: Settings) -> Any:
+    """What `register_subscriptions` needs to declare its patterns without servers: hooks do no
+    I/O in the call (STYLE.md), so their handlers are built and never run."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(settings=settings, store=_NoStore(), clock=None, bus=None, outbox=None,
+                           scheduler=None, orders=None, plugins=None, catalogue=None, metrics=None,
+                           instance="docs")
 
 
 def _docs(settings: Settings, *, check: bool) -> int:

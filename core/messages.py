@@ -56,6 +56,10 @@ class MessageType:
     direction: Direction  # "publish": rescenter sends it; "consume": other services send it
     owner: str = "core"  # the core or a plugin name
     rules: tuple[str, ...] = ()
+    #: a consumed command: the events that say it was applied (AsyncAPI `reply`)
+    answers: tuple[str, ...] = ()
+    #: a consumed command: what refuses it beyond an invalid message (its dead letter's `x-rescenter-error`)
+    refused_when: str = ""
 
 
 @dataclass
@@ -301,18 +305,45 @@ ORDER_EVENTS: tuple[MessageType, ...] = (
     MessageType("plugin.switched", PluginSwitched, "An admin switched a plugin on or off.", "publish"),
 )
 
+_UNKNOWN_OR_STATE = "an unknown order (`not found`), or an order whose state does not allow it (ORD-1)"
+_PARTY = "an `actor` who is not the order's {party} (an actor of role `service` acts for any party)"
+
 ORDER_COMMANDS: tuple[MessageType, ...] = (
-    MessageType("command.order.place", PlaceOrder, "Place an order (as POST /orders).", "consume", rules=("ORD-5",)),
-    MessageType("command.order.submit_requirements", SubmitRequirements, "Submit an order's requirements.", "consume", rules=("ORD-2",)),
-    MessageType("command.order.deliver", DeliverOrder, "Deliver an order.", "consume", rules=("ORD-3",)),
-    MessageType("command.order.accept", AcceptDelivery, "Accept the delivery.", "consume", rules=("ORD-4",)),
-    MessageType("command.order.request_revision", RequestRevision, "Ask for a revision.", "consume", rules=("ORD-4",)),
-    MessageType("command.order.cancel", CancelOrder, "Cancel an order (support).", "consume", rules=("ORD-1",)),
-    MessageType("command.order.cancel_by_agreement", CancelByAgreement, "Cancel an order by mutual agreement (the resolution center).", "consume", rules=("DSP-4", "DSP-6")),
-    MessageType("command.order.extend_delivery", ExtendDelivery, "Move an order's due date (the resolution center).", "consume", rules=("DSP-7",)),
-    MessageType("command.order.amend", AmendOrder, "Add revisions, days or price to an order (the resolution center).", "consume", rules=("DSP-8",)),
-    MessageType("payment.chargeback_reported", ChargebackReported, "Payments reports a chargeback; the order is cancelled.", "consume", rules=("ORD-7",)),
+    MessageType("command.order.place", PlaceOrder, "Place an order (as POST /orders).", "consume", rules=("ORD-5",),
+                answers=("order.placed",),
+                refused_when="a plugin's veto or a buyer ordering from themselves (ORD-5: the reason). An "
+                             "`order_id` already taken by a different order is a conflict: retried, then "
+                             "dead-lettered with reason `delivery_limit`. The same order again: nothing new."),
+    MessageType("command.order.submit_requirements", SubmitRequirements, "Submit an order's requirements.", "consume",
+                rules=("ORD-2",), answers=("order.requirements_submitted",),
+                refused_when=f"{_UNKNOWN_OR_STATE}; {_PARTY.format(party='buyer')}"),
+    MessageType("command.order.deliver", DeliverOrder, "Deliver an order.", "consume", rules=("ORD-3",),
+                answers=("order.delivered",),
+                refused_when="an empty delivery (ORD-3): `order.delivery_refused` is published and the command "
+                             f"is dead-lettered; {_UNKNOWN_OR_STATE}; {_PARTY.format(party='seller')}"),
+    MessageType("command.order.accept", AcceptDelivery, "Accept the delivery.", "consume", rules=("ORD-4",),
+                answers=("order.completed",),
+                refused_when=f"{_UNKNOWN_OR_STATE}; {_PARTY.format(party='buyer')}"),
+    MessageType("command.order.request_revision", RequestRevision, "Ask for a revision.", "consume", rules=("ORD-4",),
+                answers=("order.revision_requested",),
+                refused_when=f"{_UNKNOWN_OR_STATE}; {_PARTY.format(party='buyer')}"),
+    MessageType("command.order.cancel", CancelOrder, "Cancel an order (support).", "consume", rules=("ORD-1",),
+                answers=("order.cancelled",),
+                refused_when=f"{_UNKNOWN_OR_STATE}; an `actor` who is not staff"),
+    MessageType("command.order.cancel_by_agreement", CancelByAgreement, "Cancel an order by mutual agreement (the resolution center).", "consume", rules=("DSP-4", "DSP-6"),
+                answers=("order.cancelled",), refused_when=f"{_UNKNOWN_OR_STATE}; an `actor` who is not staff"),
+    MessageType("command.order.extend_delivery", ExtendDelivery, "Move an order's due date (the resolution center).", "consume", rules=("DSP-7",),
+                answers=("order.delivery_extended",), refused_when=f"{_UNKNOWN_OR_STATE}; an `actor` who is not staff"),
+    MessageType("command.order.amend", AmendOrder, "Add revisions, days or price to an order (the resolution center).", "consume", rules=("DSP-8",),
+                answers=("order.amended",),
+                refused_when=f"{_UNKNOWN_OR_STATE}; an `actor` who is not staff; nothing added, or a price in "
+                             "another currency (DSP-8)"),
+    MessageType("payment.chargeback_reported", ChargebackReported, "Payments reports a chargeback; the order is cancelled.", "consume", rules=("ORD-7",),
+                answers=("order.cancelled",), refused_when=_UNKNOWN_OR_STATE),
 )
+
+#: what the core's own queue (`<prefix>.core`) is bound to: every order command, and payments' facts
+CORE_BINDINGS: tuple[str, ...] = ("command.order.#", "payment.chargeback_reported")
 
 
 def core_catalogue() -> Catalogue:
@@ -322,24 +353,84 @@ def core_catalogue() -> Catalogue:
     return catalogue
 
 
-def asyncapi_document(catalogue: Catalogue, exchange: str) -> dict[str, Any]:
-    """AsyncAPI 3.0: a channel per routing key on the topic exchange."""
+@dataclass(frozen=True)
+class Queue:
+    """One consumer group's durable quorum queue, as `core.bus` declares it."""
+
+    group: str  # `core` or a plugin name
+    name: str
+    bindings: tuple[str, ...]  # topic patterns on the exchange
+    dead_letter_queue: str
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Every queue of the service and where its dead letters go (`core.bus.topology`)."""
+
+    exchange: str
+    unrouted: str
+    dead_exchange: str
+    delivery_limit: int
+    queues: tuple[Queue, ...]
+
+
+DEAD_LETTER_REASONS = {
+    "invalid": "the body is not a CloudEvents envelope of a known `type`, or its `data` fails the type's model",
+    "unhandled": "the queue has no handler for the envelope's `type` (a routing key that does not match it)",
+    "rejected": "refused for good: a business rule (`x-rescenter-error` starts with its id, e.g. `ORD-1: ...`), "
+                "an unknown order, or an actor who may not do it",
+    "delivery_limit": "failed every time it was delivered (an outage, a bug, a conflict that did not clear): "
+                      "retried, then dead-lettered",
+}
+
+PUBLISHING = (
+    "**Publishing to rescenter.** Publish on the exchange with routing key = the envelope's `type` and the "
+    "CloudEvents envelope as the body (structured JSON), with publisher confirms and `mandatory`. Set these AMQP "
+    "properties: `message_id` = the envelope's `id`, `content_type` = `application/cloudevents+json`, `type` = "
+    "the envelope's `type`, `delivery_mode` = 2 (persistent), as rescenter does on what it publishes. The "
+    "service acts on the body alone: the envelope's `id` makes a command apply once (the same `id` again "
+    "changes nothing and publishes nothing) and its `type` picks the model and the handler. A message without "
+    "these properties is processed all the same; the properties serve the broker and tracing, and a dead letter "
+    "copies `message_id`, `type` and `content_type`, so without them it is harder to trace back to its sender."
+)
+
+ANSWERS = (
+    "**Answers.** A command that is applied is answered by the event its `reply` names, with `subject` = the "
+    "order id (there is no reply queue: consume the event). A command that cannot be applied is dead-lettered "
+    "in `<prefix>.core.dead` with its reason in the header `x-rescenter-reason` and the detail in "
+    "`x-rescenter-error`: "
+    + "; ".join(f"`{reason}`: {what}" for reason, what in DEAD_LETTER_REASONS.items())
+    + ". Delivery is at least once both ways: consumers must be idempotent on `id`."
+)
+
+
+def asyncapi_document(catalogue: Catalogue, topology: Topology) -> dict[str, Any]:
+    """AsyncAPI 3.0: a channel per routing key on the topic exchange, one per queue and
+    one per dead-letter queue; a command's operation names its answer (`reply`)."""
+    exchange = topology.exchange
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
-    messages: dict[str, Any] = {}
+    messages: dict[str, Any] = {"dead_letter": _dead_letter_message(topology)}
     schemas: dict[str, Any] = {"Envelope": _envelope_schema()}
     for type_, mt in sorted(catalogue.types.items()):
-        key = type_.replace(".", "_")
+        key = _key(type_)
         schema = mt.model.model_json_schema(ref_template="#/components/schemas/{model}")
         for name, sub in schema.pop("$defs", {}).items():
             schemas[name] = sub
         schemas[mt.model.__name__] = schema
         description = mt.summary + (f" Rules: {', '.join(mt.rules)}." if mt.rules else "")
+        description += f" Owner: {mt.owner}."
+        if mt.direction == "consume":
+            queues = [q.name for q in topology.queues if any(_topic_match(p, type_) for p in q.bindings)]
+            description += f" Consumed from: {', '.join(f'`{q}`' for q in queues) or 'no queue'}."
+        if mt.answers:
+            description += (f" Answer: {', '.join(f'`{a}`' for a in mt.answers)}. Dead-lettered (`rejected`) "
+                            f"when refused: {mt.refused_when}.")
         messages[key] = {
             "name": type_,
             "title": type_,
             "summary": mt.summary,
-            "description": description + f" Owner: {mt.owner}.",
+            "description": description,
             "contentType": "application/cloudevents+json",
             "payload": {
                 "allOf": [
@@ -353,7 +444,7 @@ def asyncapi_document(catalogue: Catalogue, exchange: str) -> dict[str, Any]:
                     },
                 ]
             },
-            "bindings": {"amqp": {"deliveryMode": 2, "bindingVersion": "0.3.0"}},
+            "bindings": {"amqp": {"deliveryMode": 2, "messageType": type_, "bindingVersion": "0.3.0"}},
         }
         channels[key] = {
             "address": type_,
@@ -366,23 +457,53 @@ def asyncapi_document(catalogue: Catalogue, exchange: str) -> dict[str, Any]:
                 }
             },
         }
-        operations[f"{'send' if mt.direction == 'publish' else 'receive'}_{key}"] = {
-            "action": "send" if mt.direction == "publish" else "receive",
+        action = "send" if mt.direction == "publish" else "receive"
+        operation: dict[str, Any] = {
+            "action": action,
             "channel": {"$ref": f"#/channels/{key}"},
             "summary": mt.summary,
             "messages": [{"$ref": f"#/channels/{key}/messages/{key}"}],
         }
+        if mt.answers:
+            answer = _key(mt.answers[0])
+            operation["reply"] = {
+                "channel": {"$ref": f"#/channels/{answer}"},
+                "messages": [{"$ref": f"#/channels/{_key(a)}/messages/{_key(a)}"} for a in mt.answers],
+            }
+            operation["description"] = (f"Answered by {', '.join(f'`{a}`' for a in mt.answers)}; refused "
+                                        f"(dead letter, reason `rejected`) when: {mt.refused_when}.")
+        operations[f"{action}_{key}"] = operation
+    for queue in topology.queues:
+        channels.update(_queue_channels(queue, catalogue, topology))
+    channels[_key(topology.unrouted)] = {
+        "address": topology.unrouted,
+        "title": "Events no queue is bound to",
+        "description": f"The alternate exchange of `{exchange}` (fanout) and its queue of the same name: an "
+                       "event that no queue is bound to is kept here (oldest dropped beyond "
+                       "`bus.unrouted_max_length`) rather than lost.",
+        "bindings": {"amqp": {"is": "queue", "queue": {"name": topology.unrouted, "durable": True,
+                                                        "exclusive": False, "autoDelete": False},
+                              "bindingVersion": "0.3.0"}},
+    }
     return {
         "asyncapi": "3.0.0",
         "info": {
             "title": "rescenter bus",
             "version": "0.1.0",
-            "description": (
+            "description": "\n\n".join([
                 "Messages rescenter publishes (send) and consumes (receive) on one durable "
                 f"topic exchange `{exchange}`. Every message is a CloudEvents 1.0 envelope in "
-                "structured JSON; the routing key is its `type`; `subject` is the order id. "
-                "Consumers must be idempotent on `id`: delivery is at least once."
-            ),
+                "structured JSON; the routing key is its `type`; `subject` is the order id (or the "
+                "subject the owner's README names). Consumers must be idempotent on `id`: delivery is at "
+                "least once.",
+                PUBLISHING,
+                ANSWERS,
+                "**Queues.** One durable quorum queue per consumer group (the core, each plugin), bound to "
+                "the types it consumes, with `x-delivery-limit` "
+                f"{topology.delivery_limit} and its own dead-letter queue; every instance of the service "
+                "competes on the same queues. The `queue_*` and `dead_*` channels list them with their "
+                f"bindings ({', '.join(f'`{q.name}`' for q in topology.queues)}).",
+            ]),
         },
         "defaultContentType": "application/cloudevents+json",
         "servers": {
@@ -391,6 +512,83 @@ def asyncapi_document(catalogue: Catalogue, exchange: str) -> dict[str, Any]:
         "channels": channels,
         "operations": operations,
         "components": {"messages": messages, "schemas": schemas},
+    }
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "_").replace("-", "_")
+
+
+def _topic_match(pattern: str, key: str) -> bool:
+    """AMQP topic matching: `*` one word, `#` zero or more."""
+    words, keys = pattern.split("."), key.split(".")
+
+    def match(i: int, j: int) -> bool:
+        if i == len(words):
+            return j == len(keys)
+        if words[i] == "#":
+            return any(match(i + 1, k) for k in range(j, len(keys) + 1))
+        return j < len(keys) and words[i] in ("*", keys[j]) and match(i + 1, j + 1)
+
+    return match(0, 0)
+
+
+def _queue_channels(queue: Queue, catalogue: Catalogue, topology: Topology) -> dict[str, Any]:
+    arrives = [type_ for type_ in sorted(catalogue.types) if any(_topic_match(p, type_) for p in queue.bindings)]
+    bindings = ", ".join(f"`{pattern}`" for pattern in queue.bindings)
+    queue_binding = {"name": queue.name, "durable": True, "exclusive": False, "autoDelete": False}
+    return {
+        f"queue_{_key(queue.group)}": {
+            "address": queue.name,
+            "title": f"Queue of {queue.group}",
+            "description": f"The {queue.group} consumer group's quorum queue, bound to `{topology.exchange}` "
+                           f"with {bindings}. A message that fails is dead-lettered to `{queue.dead_letter_queue}` "
+                           f"(through `{topology.dead_exchange}`, routing key `{queue.name}`).",
+            "messages": {_key(t): {"$ref": f"#/components/messages/{_key(t)}"} for t in arrives},
+            "bindings": {"amqp": {"is": "queue", "queue": queue_binding, "bindingVersion": "0.3.0"}},
+            "x-bindings": list(queue.bindings),
+            "x-arguments": {"x-queue-type": "quorum", "x-delivery-limit": topology.delivery_limit,
+                            "x-dead-letter-exchange": topology.dead_exchange,
+                            "x-dead-letter-routing-key": queue.name},
+            "x-dead-letter-queue": queue.dead_letter_queue,
+        },
+        f"dead_{_key(queue.group)}": {
+            "address": queue.dead_letter_queue,
+            "title": f"Dead letters of {queue.group}",
+            "description": f"What `{queue.name}` could not process, body unchanged, with the reason in the "
+                           f"headers. Bound to `{topology.dead_exchange}` (direct) with routing key "
+                           f"`{queue.name}`. Nothing consumes it: operators read it.",
+            "messages": {"dead_letter": {"$ref": "#/components/messages/dead_letter"}},
+            "bindings": {"amqp": {"is": "queue", "queue": {**queue_binding, "name": queue.dead_letter_queue},
+                                  "bindingVersion": "0.3.0"}},
+            "x-bindings": [queue.name],
+        },
+    }
+
+
+def _dead_letter_message(topology: Topology) -> dict[str, Any]:
+    return {
+        "name": "dead_letter",
+        "title": "A dead letter",
+        "summary": "A message a queue could not process, with the reason.",
+        "description": "The original body and properties (`message_id`, `type`, `content_type`), plus these "
+                       "headers. A message the service could not even move here is rejected to the broker, "
+                       "which dead-letters it without our headers (`x-first-death-reason: rejected`); the "
+                       f"broker does the same after {topology.delivery_limit} deliveries "
+                       "(`x-first-death-reason: delivery_limit`).",
+        "headers": {
+            "type": "object",
+            "properties": {
+                "x-rescenter-reason": {"enum": sorted(DEAD_LETTER_REASONS),
+                                       "description": "; ".join(f"{k}: {v}" for k, v in DEAD_LETTER_REASONS.items())},
+                "x-rescenter-error": {"type": "string", "description": "What was wrong; a refusal by a rule "
+                                                                        "starts with its id (`ORD-1: ...`)."},
+                "x-rescenter-queue": {"type": "string", "description": "The queue it came from."},
+                "x-rescenter-routing-key": {"type": "string"},
+                "x-rescenter-dead-at": {"type": "number", "description": "Unix time, seconds."},
+            },
+        },
+        "payload": {"description": "The original body, unchanged."},
     }
 
 

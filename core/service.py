@@ -15,6 +15,7 @@ from core.http.app import build_app
 from core.http.core_routes import core_routes
 from core.http.routes import Route
 from core.messages import (
+    CORE_BINDINGS,
     AcceptDelivery,
     AmendOrder,
     CancelByAgreement,
@@ -137,7 +138,7 @@ class Service:
         async def on_command(envelope: Envelope, data: MessageData) -> None:
             await handle_core_message(orders, envelope, data)
 
-        return [Subscription(types=("command.order.#", "payment.chargeback_reported"), handler=on_command)]
+        return [Subscription(types=CORE_BINDINGS, handler=on_command)]
 
     async def stop(self) -> None:
         """Stop taking work, finish what is in flight, then close connections."""

@@ -25,6 +25,7 @@ from core.http.auth import issue_token
 from core.messages import Envelope, MessageData, make_envelope
 from core.service import Service
 from core.settings import Settings, load_settings
+from tests.contract import Contract
 
 
 def isolated_settings(tag: str, **sections: dict[str, Any]) -> Settings:
@@ -115,12 +116,21 @@ class Probe:
 
 
 class Client:
-    """An HTTP client acting as one user with some roles."""
+    """An HTTP client acting as one user with some roles. Every answer it receives is
+    checked against the OpenAPI document the instance serves (tests/contract.py)."""
 
     def __init__(self, session: aiohttp.ClientSession, base: str, token: str | None) -> None:
         self.session = session
         self.base = base
         self.token = token
+        self._contract: Contract | None = None
+
+    async def contract(self) -> Contract:
+        if self._contract is None:
+            async with self.session.get(self.base + "/openapi.json") as response:
+                assert response.status == 200, f"GET /openapi.json: {response.status}"
+                self._contract = Contract.of(await response.json())
+        return self._contract
 
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -135,8 +145,11 @@ class Client:
         elif body is not None:
             kwargs["json"] = body
         async with self.session.request(method, self.base + path, **kwargs) as response:
-            text = await response.text()
+            raw_answer = await response.read()
+            text = raw_answer.decode(response.charset or "utf-8")
             payload = json.loads(text) if text and "json" in (response.content_type or "") else text
+            (await self.contract()).check(method, str(response.url), response.status, response.content_type,
+                                          raw_answer, kwargs["headers"])
             if expect is not None:
                 assert response.status == expect, f"{method} {path}: {response.status} {payload}"
             self.last_status = response.status

@@ -11,6 +11,7 @@ from typing import Any
 
 from core.bus import Subscription
 from core.hookspecs import hookimpl
+from core.http.responses import View
 from core.http.routes import Call, Route
 from core.vetoes import Veto
 
@@ -31,13 +32,23 @@ def register_subscriptions(services: Any) -> list[Subscription]:
     return [Subscription(types=("order.*",), handler=record)]
 
 
+class SeenEvent(View):
+    id: str
+    type: str
+    subject: str | None
+
+
+class Seen(View):
+    seen: list[SeenEvent]
+
+
 @hookimpl
 def register_routes() -> list[Route]:
     async def seen(call: Call) -> dict[str, Any]:
         docs = [d async for d in call.services.store.collection(COLLECTION).find({})]
         return {"seen": [{"id": d["_id"], "type": d["type"], "subject": d["subject"]} for d in docs]}
 
-    return [Route("GET", "/probe/seen", seen, "Events the probe plugin consumed.")]
+    return [Route("GET", "/probe/seen", seen, "Events the probe plugin consumed.", response=Seen)]
 
 
 @hookimpl

@@ -386,6 +386,35 @@ async def test_DSP_6_seller_accepts_and_the_order_is_cancelled_by_agreement(
     assert "reason" not in cancelled.data
 
 
+async def test_MET_2_DSP_6_a_buyer_cancels_while_requirements_are_awaited_through_a_request(
+        shared: tuple[Harness, Service]) -> None:
+    """The documented path for MET-2's first exclusion: the buyer has no cancellation route of
+    its own (support's is 403 for it); it asks the seller (DSP-6), the seller accepts (or stays
+    silent 48 h), and the cancellation does not count in the seller's completion rate."""
+    h, service = shared
+    accepted = await new_case(h, service, "met2-accept", started=False)
+    silent = await new_case(h, service, "met2-silence", started=False)
+    await accepted.buyer.post(f"/orders/{accepted.order_id}/cancellation", {"reason": "changed my mind"},
+                              expect=403)
+    request = await accepted.open(accepted.buyer, BUYER_CANCEL)
+    await accepted.answer(accepted.seller, request["id"], "accept")
+    waited = await silent.open(silent.buyer, BUYER_CANCEL)
+    await silent.advance_to(at(waited["answer_by"]))
+    for case in (accepted, silent):
+        [cancelled] = await case.events("order.cancelled")
+        assert (cancelled.data["previous_state"], cancelled.data["requested_by"], cancelled.data["rule"]) == (
+            "awaiting_requirements", "buyer", "DSP-6")
+        seller_id = (await case.order())["seller_id"]
+
+        async def excluded(case: Case = case, seller_id: str = seller_id) -> Any:
+            figures = await case.seller.get(f"/sellers/{seller_id}/metrics", expect=200)
+            lines = figures["completion_rate"]["orders"]
+            return lines and (lines[0]["counted"], lines[0]["reason"], lines[0]["rule"])
+
+        assert await eventually(excluded, what="the metrics' line") == (
+            False, "buyer_cancelled_awaiting_requirements", "MET-2")
+
+
 async def test_DSP_6_silence_for_48_hours_cancels_by_mutual_agreement(shared: tuple[Harness, Service]) -> None:
     h, service = shared
     case = await new_case(h, service, "dsp6-silence")

@@ -71,3 +71,43 @@ def test_docs_openapi_and_asyncapi_are_up_to_date() -> None:
     assert result.returncode == 0, f"{result.stderr.strip()} (run `python -m core.cli docs` and commit docs/)"
     for name in ("openapi.json", "asyncapi.json"):
         assert (ROOT / "docs" / name).is_file()
+
+
+def section(text: str, title: str) -> str:
+    """A `## title` section of a Markdown text, up to the next heading of the same level."""
+    heading = re.search(rf"^## {re.escape(title)}\s*$", text, re.MULTILINE)
+    assert heading, f"no '## {title}' section"
+    rest = text[heading.end():]
+    following = re.search(r"^## ", rest, re.MULTILINE)
+    return rest[: following.start()] if following else rest
+
+
+def test_README_lists_every_queue_with_its_bindings_and_dead_letter_queue() -> None:
+    """Issue 12: the queues of docs/asyncapi.json (what the service declares), in README.md."""
+    from core.cli import documents
+    from core.settings import load_settings
+
+    asyncapi = documents(load_settings())["asyncapi.json"]
+    queues = {channel["address"]: (channel["x-bindings"], channel["x-dead-letter-queue"])
+              for key, channel in asyncapi["channels"].items() if key.startswith("queue_")}
+    rows = re.findall(r"^\| `([\w.]+)` \| (.+?) \| `([\w.]+)` \|$", section(README.read_text(), "Bus: queues, "
+                                                                                          "publishing, answers"),
+                      re.MULTILINE)
+    listed = {queue: (re.findall(r"`([^`]+)`", bindings), dead) for queue, bindings, dead in rows}
+    assert listed == queues
+
+
+def test_README_documents_authentication() -> None:
+    text = " ".join(section(README.read_text(), "Authentication").replace("**", "").split())
+    for words in ("`roles`", "`sub`", "`aud`", "`exp`", "`iss`", "real clock", "test clock"):
+        assert words in text, words
+
+
+def test_metrics_and_disputes_READMEs_document_how_a_buyer_cancels_while_requirements_are_awaited() -> None:
+    """Issue 12, MET-2's first exclusion: the path a buyer takes is DSP-6, accepted by the seller or by silence."""
+    for plugin in ("metrics", "disputes"):
+        paragraphs = [" ".join(p.split()) for p in (ROOT / "plugins" / plugin / "README.md").read_text().split("\n\n")]
+        path = next((p for p in paragraphs if "requirements are awaited" in p and "buyer_cancel_request" in p), None)
+        assert path, f"plugins/{plugin}/README.md does not say how a buyer cancels while requirements are awaited"
+        for words in ("DSP-6", "MET-2", "accept", "48 h"):
+            assert words in path, f"plugins/{plugin}/README.md: {words}"

@@ -11,6 +11,20 @@ from pydantic import AwareDatetime, Field, model_validator
 
 from core.errors import InvalidInput, RuleViolation, Unavailable
 from core.http.openapi import openapi_document
+from core.http.responses import (
+    AsyncAPIDocument,
+    ClockAdvanced,
+    ClockState,
+    Health,
+    OpenAPIDocument,
+    Order,
+    OrderDeadlines,
+    OrderList,
+    PluginList,
+    PluginState,
+    Ready,
+    Timeline,
+)
 from core.http.routes import Body, Call, Route
 from core.messages import Money, PlaceOrder, asyncapi_document, new_id
 from core.orders import public_view
@@ -218,53 +232,66 @@ async def openapi(call: Call) -> dict[str, Any]:
 
 
 async def asyncapi(call: Call) -> dict[str, Any]:
+    from core.bus import topology
+
     services = call.services
-    return asyncapi_document(services.catalogue, services.settings.bus.exchange)
+    bindings = {name: group.bindings for name, group in services.bus.groups.items()}
+    return asyncapi_document(services.catalogue, topology(services.settings.bus, bindings))
 
 
 def core_routes() -> list[Route]:
     order = ("orders",)
     return [
         Route("POST", "/orders", place_order, "Place an order; every enabled plugin is asked first.",
-              roles=frozenset({"buyer", "support", "admin", "service"}), body=PlaceOrderBody, status=201,
+              roles=frozenset({"buyer", "support", "admin", "service"}), body=PlaceOrderBody, response=Order, status=201,
               rules=("ORD-1", "ORD-5"), tags=order),
         Route("GET", "/orders", list_orders, "The caller's orders, newest first (?as=buyer|seller).",
-              tags=order, query=("as",)),
+              response=OrderList, tags=order, query=("as",)),
         Route("GET", "/orders/{order_id}", get_order, "One order; only its parties and staff see it.",
-              tags=order, rules=("ORD-1",)),
+              response=Order, tags=order, rules=("ORD-1",)),
         Route("GET", "/orders/{order_id}/timeline", get_timeline,
-              "Every change of the order, in order: actor, time, the rule that fired.", tags=order,
-              rules=("ORD-6",)),
+              "Every change of the order, in order: actor, time, the rule that fired.", response=Timeline,
+              tags=order, rules=("ORD-6",)),
         Route("POST", "/orders/{order_id}/requirements", submit_requirements,
               "The buyer submits the requirements; the delivery clock starts.",
-              roles=frozenset({"buyer", "service"}), body=RequirementsBody, rules=("ORD-2",), tags=order),
+              roles=frozenset({"buyer", "service"}), body=RequirementsBody, response=Order, rules=("ORD-2",),
+              tags=order),
         Route("POST", "/orders/{order_id}/deliveries", deliver,
               "The seller delivers; an empty delivery is refused and recorded.",
-              roles=frozenset({"seller", "service"}), body=DeliveryBody, rules=("ORD-3", "ORD-4"), tags=order),
+              roles=frozenset({"seller", "service"}), body=DeliveryBody, response=Order,
+              rules=("ORD-3", "ORD-4"), tags=order),
         Route("POST", "/orders/{order_id}/acceptance", accept, "The buyer accepts the delivery.",
-              roles=frozenset({"buyer", "service"}), rules=("ORD-4",), tags=order),
+              roles=frozenset({"buyer", "service"}), response=Order, rules=("ORD-4",), tags=order),
         Route("POST", "/orders/{order_id}/revisions", request_revision, "The buyer asks for a revision.",
-              roles=frozenset({"buyer", "service"}), body=RevisionBody, rules=("ORD-4",), tags=order),
+              roles=frozenset({"buyer", "service"}), body=RevisionBody, response=Order, rules=("ORD-4",),
+              tags=order),
         Route("POST", "/orders/{order_id}/cancellation", cancel, "Support cancels an order.",
-              roles=frozenset({"support", "admin", "service"}), body=CancelBody, rules=("ORD-1",), tags=order),
+              roles=frozenset({"support", "admin", "service"}), body=CancelBody, response=Order,
+              rules=("ORD-1",), tags=order),
         Route("GET", "/orders/{order_id}/deadlines", order_deadlines, "The order's deadlines (staff).",
-              roles=frozenset({"support", "admin", "service"}), tags=order),
+              roles=frozenset({"support", "admin", "service"}), response=OrderDeadlines, tags=order),
         Route("GET", "/admin/plugins", list_plugins, "Plugins: loaded, failed, on or off.",
-              roles=frozenset({"admin", "support"}), tags=("admin",)),
+              roles=frozenset({"admin", "support"}), response=PluginList, tags=("admin",)),
         Route("PUT", "/admin/plugins/{name}", switch_plugin,
               "Switch a plugin on or off for every instance (they follow within seconds).",
-              roles=ADMIN, body=PluginSwitchBody, tags=("admin",)),
+              roles=ADMIN, body=PluginSwitchBody, response=PluginState, tags=("admin",)),
         Route("GET", "/admin/clock", get_clock, "The service clock: mode and now.",
-              roles=frozenset({"admin", "support", "service"}), tags=("admin",)),
+              roles=frozenset({"admin", "support", "service"}), response=ClockState, tags=("admin",)),
         Route("POST", "/admin/clock/advance", advance_clock,
               "Test clock only: move the clock forward; deadlines due on the way fire, in order.",
-              roles=ADMIN, body=AdvanceClockBody, tags=("admin",)),
-        Route("GET", "/healthz", healthz, "The process is alive.", roles=None, tags=("system",)),
-        Route("GET", "/readyz", readyz, "The broker and the database answer.", roles=None, tags=("system",)),
-        Route("GET", "/metrics", metrics, "Prometheus metrics.", roles=None, tags=("system",), raw=True),
-        Route("GET", "/openapi.json", openapi, "This document.", roles=None, tags=("system",)),
-        Route("GET", "/asyncapi.json", asyncapi, "The bus: every message type, as AsyncAPI 3.0.",
-              roles=None, tags=("system",)),
+              roles=ADMIN, body=AdvanceClockBody, response=ClockAdvanced, tags=("admin",),
+              responses={"409": {"description": "The clock is not in test mode (`clock.mode`)."}}),
+        Route("GET", "/healthz", healthz, "The process is alive.", roles=None, response=Health, tags=("system",)),
+        Route("GET", "/readyz", readyz, "The broker and the database answer.", roles=None, response=Ready,
+              tags=("system",), responses={"503": {"description": "Not ready: `checks` says which is unreachable."}}),
+        Route("GET", "/metrics", metrics, "Prometheus metrics.", roles=None, tags=("system",), raw=True,
+              responses={"200": {"description": "Prometheus text exposition format.",
+                                 "content": {"text/plain": {"schema": {"type": "string"}}}}}),
+        Route("GET", "/openapi.json", openapi, "This document.", roles=None, response=OpenAPIDocument,
+              tags=("system",)),
+        Route("GET", "/asyncapi.json", asyncapi,
+              "The bus as AsyncAPI 3.0: every message type, what each command answers, every queue with its "
+              "bindings and dead-letter queue.", roles=None, response=AsyncAPIDocument, tags=("system",)),
     ]
 
 

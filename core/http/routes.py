@@ -42,11 +42,14 @@ class Route:
     summary: str
     roles: frozenset[str] | None = ALL_ROLES  # None: no token needed
     body: type[BaseModel] | None = None
+    #: the model of the answer (2xx): OpenAPI's response schema; only `raw` routes go without
+    response: type[BaseModel] | None = None
     status: int = 200
     rules: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     plugin: str = "core"
-    #: extra OpenAPI for the response or the parameters
+    #: more OpenAPI responses, by status: a problem the declaration does not imply (see
+    #: core.http.openapi), or a route's own description of one
     responses: dict[str, Any] = field(default_factory=dict)
     query: tuple[str, ...] = ()
     raw: bool = False  # the handler returns a web.Response itself

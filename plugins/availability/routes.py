@@ -10,10 +10,11 @@ support (staff) read or change them.
 from __future__ import annotations
 
 from datetime import datetime, time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, Field, StringConstraints, field_validator
 
+from core.http.responses import View
 from core.http.routes import SELLER_OR_SUPPORT, Body, Call, Route
 from plugins.availability import rules
 from plugins.availability.commands import NAME, AvailabilityCommands
@@ -61,7 +62,45 @@ class CapBody(Body):
         strict=True, ge=1, le=10_000, description="The cap; null removes it. Orders already running are never touched.")
 
 
-# ---------------------------------------------------------------- who acts
+# ---------------------------------------------------------------- answers
+
+
+class Away(View):
+    """The current (or next) away period: what a refused buyer is told (AVL-1)."""
+
+    starts_at: datetime
+    until: datetime = Field(description="The return date: orders are taken again from then (AVL-2).")
+    note: str
+
+
+class AwayDetails(Away):
+    kind: Literal["period", "rest_of_day"] = Field(description="period: set with AVL-1; rest_of_day: with AVL-3.")
+    time_zone: str | None = Field(description="The seller's IANA time zone, for rest_of_day.")
+    period_id: str
+
+
+class Availability(View):
+    """Whether the seller takes orders now (public: no token)."""
+
+    seller_id: str
+    available: bool
+    away: Away | None = Field(description="The current or upcoming away period; null: none.")
+
+
+class PausedGig(View):
+    gig_id: str
+    paused_at: datetime
+
+
+class AvailabilitySettings(View):
+    """The seller's availability with what only the seller and support see (AVL-1 to AVL-5)."""
+
+    seller_id: str
+    available: bool
+    away: AwayDetails | None
+    max_active_orders: int | None = Field(description="The cap (AVL-4); null: none.")
+    active_orders: int = Field(description="The seller's orders that are not completed or cancelled.")
+    paused_gigs: list[PausedGig] = Field(description="AVL-5.")
 
 
 # ---------------------------------------------------------------- views
@@ -159,31 +198,32 @@ def routes() -> list[Route]:
     return [
         Route("GET", seller, get_availability,
               "Whether the seller is available now, and an away period's note and return date (public).",
-              roles=None, rules=("AVL-1", "AVL-2", "AVL-3"), tags=TAGS),
+              roles=None, response=Availability, rules=("AVL-1", "AVL-2", "AVL-3"), tags=TAGS,
+              responses={"404": None}),  # any seller id: one never away is available
         Route("GET", f"{seller}/settings", get_settings,
               "The seller's availability with the cap, the running orders and the paused gigs "
               "(the seller and support).",
-              roles=SELLER_OR_SUPPORT, rules=("AVL-1", "AVL-4", "AVL-5"), tags=TAGS),
+              roles=SELLER_OR_SUPPORT, response=AvailabilitySettings, rules=("AVL-1", "AVL-4", "AVL-5"), tags=TAGS),
         Route("PUT", f"{seller}/away", set_away,
               "Set an away period with a note: new orders are refused from its start until its return date; "
               "running orders are untouched. Replaces the current period.",
-              roles=SELLER_OR_SUPPORT, body=AwayBody, rules=("AVL-1", "AVL-2"), tags=TAGS),
+              roles=SELLER_OR_SUPPORT, response=AvailabilitySettings, body=AwayBody, rules=("AVL-1", "AVL-2"), tags=TAGS),
         Route("PUT", f"{seller}/away/rest-of-day", set_rest_of_day,
               "Away for the rest of the day: from now until later the same day in the seller's time zone "
               "(the next local midnight by default).",
-              roles=SELLER_OR_SUPPORT, body=RestOfDayBody, rules=("AVL-3", "AVL-2"), tags=TAGS),
+              roles=SELLER_OR_SUPPORT, response=AvailabilitySettings, body=RestOfDayBody, rules=("AVL-3", "AVL-2"), tags=TAGS),
         Route("DELETE", f"{seller}/away", end_away,
               "End the away period now (or withdraw one that has not begun); orders are taken again.",
-              roles=SELLER_OR_SUPPORT, rules=("AVL-2",), tags=TAGS),
+              roles=SELLER_OR_SUPPORT, response=AvailabilitySettings, rules=("AVL-2",), tags=TAGS),
         Route("PUT", f"{seller}/order-cap", set_cap,
               "Cap the seller's active orders (null removes the cap); orders beyond it are refused.",
-              roles=SELLER_OR_SUPPORT, body=CapBody, rules=("AVL-4",), tags=TAGS),
+              roles=SELLER_OR_SUPPORT, response=AvailabilitySettings, body=CapBody, rules=("AVL-4",), tags=TAGS),
         Route("PUT", f"{seller}/paused-gigs/{{gig_id}}", pause_gig,
               "Pause a gig: its orders are refused until it is resumed.",
-              roles=SELLER_OR_SUPPORT, rules=("AVL-5",), tags=TAGS),
+              roles=SELLER_OR_SUPPORT, response=AvailabilitySettings, rules=("AVL-5",), tags=TAGS),
         Route("DELETE", f"{seller}/paused-gigs/{{gig_id}}", resume_gig,
               "Resume a paused gig: it takes orders again.",
-              roles=SELLER_OR_SUPPORT, rules=("AVL-5",), tags=TAGS),
+              roles=SELLER_OR_SUPPORT, response=AvailabilitySettings, rules=("AVL-5",), tags=TAGS),
     ]
 
 

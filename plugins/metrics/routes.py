@@ -8,16 +8,17 @@ learns whether a seller has figures at all.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
 from core.errors import InvalidInput, NotFound
+from core.http.responses import View
 from core.http.routes import ALL_ROLES, Body, Call, Route
 from plugins.metrics.flags import CancellationFlags
 from plugins.metrics.messages import Flag, to_millisecond
 from plugins.metrics.repository import MetricsRepository
-from plugins.metrics.rules import SellerFigures, changes, seller_figures
+from plugins.metrics.rules import Changes, SellerFigures, changes, seller_figures
 
 NAME = "metrics"
 SUPPORT = frozenset({"support"})
@@ -26,6 +27,20 @@ SUPPORT = frozenset({"support"})
 class FlagBody(Body):
     flag: Flag = Field(description="fraud, or mistaken_order (an order placed by mistake)")
     note: str = Field(min_length=1, max_length=2000, description="Why, for the record; the seller sees it.")
+
+
+class CancellationFlag(View):
+    """Support's flag on a cancelled order (MET-2); `flag: null` when there is none (any more)."""
+
+    order_id: str
+    rule: Literal["MET-2"]
+    flag: Flag | None
+    note: str | None
+    revision: int | None = Field(description="Grows with every change of the flag; null: never flagged.")
+    seller_id: str | None
+    buyer_id: str | None
+    changed_at: datetime | None
+    changed_by: str | None = Field(description="The support user who changed it last.")
 
 
 def _require_reader(call: Call, seller_id: str) -> None:
@@ -108,18 +123,21 @@ def routes() -> list[Route]:
               "A seller's completion rate with every order behind it (counted or excluded, why, the rule, when it "
               "leaves the window) and success score with each factor's contribution; ?at= for the figures as of "
               "a past instant, folded from the events kept. Only the seller and support (others: 404).",
-              roles=ALL_ROLES, rules=("MET-1", "MET-2", "MET-3", "MET-4"), tags=tags, query=("at",)),
+              roles=ALL_ROLES, response=SellerFigures, rules=("MET-1", "MET-2", "MET-3", "MET-4"), tags=tags,
+              query=("at",)),
         Route("GET", "/sellers/{seller_id}/metrics/changes", seller_metrics_changes,
               "Why a seller's figures moved between two instants (?since=&until=): orders that entered or left "
               "the window or were excluded meanwhile, and each factor's move. Only the seller and support.",
-              roles=ALL_ROLES, rules=("MET-1", "MET-2", "MET-4"), tags=tags, query=("since", "until")),
+              roles=ALL_ROLES, response=Changes, rules=("MET-1", "MET-2", "MET-4"), tags=tags,
+              query=("since", "until")),
         Route("GET", "/orders/{order_id}/cancellation-flag", get_flag,
               "Support: the flag of a cancelled order (fraud, mistaken order), if any.",
-              roles=SUPPORT, rules=("MET-2",), tags=tags),
+              roles=SUPPORT, response=CancellationFlag, rules=("MET-2",), tags=tags),
         Route("PUT", "/orders/{order_id}/cancellation-flag", set_flag,
               "Support flags a cancelled order as fraud or placed by mistake: it stops counting in the seller's "
-              "completion rate.", roles=SUPPORT, body=FlagBody, rules=("MET-2",), tags=tags),
+              "completion rate.", roles=SUPPORT, body=FlagBody, response=CancellationFlag, rules=("MET-2",),
+              tags=tags),
         Route("DELETE", "/orders/{order_id}/cancellation-flag", clear_flag,
               "Support clears the flag: the cancellation counts again unless another exclusion applies.",
-              roles=SUPPORT, rules=("MET-2",), tags=tags),
+              roles=SUPPORT, response=CancellationFlag, rules=("MET-2",), tags=tags),
     ]
