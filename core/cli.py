@@ -113,10 +113,6 @@ def _declarations(settings: Settings) -> PluginRegistry:
     from core.metrics import Metrics
     from core.plugins import PluginRegistry
 
-    class _NoStore:
-        def collection(self, name: str) -> None:
-            return None
-
     registry = PluginRegistry(settings.plugins, _NoStore(), Metrics())  # type: ignore[arg-type]
     registry.load()
     return registry
@@ -241,6 +237,9 @@ class _NoStore:
     """A store for hooks that only declare: handing out a collection is not I/O, using one would be."""
 
     def collection(self, name: str) -> None:
+        return None
+
+    def batcher(self, name: str) -> None:
         return None
 
 
