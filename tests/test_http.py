@@ -519,6 +519,24 @@ async def test_clock_advance_is_refused_409_on_the_system_clock() -> None:
         assert "test" in refused["detail"]
 
 
+async def test_clock_advance_beyond_what_a_date_holds_is_422_and_moves_nothing() -> None:
+    """Any body gets a 4xx problem: a duration that overflows the calendar, an instant past
+    the last one the test clock takes, an offset that leaves the year 9999, a bare number."""
+    async with Harness() as h:
+        service = await h.start_instance()
+        admin = h.client(service, "admin-1", "admin")
+        now = (await admin.get("/admin/clock", expect=200))["now"]
+        for body in ({"by": "P99999999D"}, {"by": "P999999999D"}, {"by": "P9999999999D"},
+                     {"by": "P1000000W"}, {"to": "9999-12-31T23:59:59+00:00"},
+                     {"to": "9999-12-31T23:59:59-23:59"}, {"to": "9000-01-01T00:00:01+00:00"},
+                     {"by": 1e300}, {"by": 3600}, {"by": "1 day"}):
+            refused = problem(admin, await admin.post("/admin/clock/advance", body), 422)
+            assert refused["status"] == 422, body
+            assert (await admin.get("/admin/clock", expect=200))["now"] == now, body
+        moved = await admin.post("/admin/clock/advance", {"to": "8999-12-31T23:00:00-01:00"}, expect=200)
+        assert datetime.fromisoformat(moved["now"]) == datetime.fromisoformat("9000-01-01T00:00:00+00:00")
+
+
 async def test_clock_moving_backwards_is_422() -> None:
     async with Harness() as h:
         service = await h.start_instance()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -14,8 +14,12 @@ from core.http.openapi import openapi_document
 from core.http.routes import Body, Call, Route
 from core.messages import Money, PlaceOrder, asyncapi_document, new_id
 from core.orders import public_view
+from core.settings import Duration
 
 ADMIN = frozenset({"admin"})
+#: The test clock goes no further: every instant the service computes from "now" (a due date,
+#: an answer window, a metrics window) must still be a date, and Python's end at the year 9999.
+LATEST_TEST_TIME = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 # ---------------------------------------------------------------- bodies
@@ -53,7 +57,7 @@ class PluginSwitchBody(Body):
 
 class AdvanceClockBody(Body):
     to: AwareDatetime | None = None
-    by: timedelta | None = Field(default=None, description="ISO 8601 duration, e.g. PT48H")
+    by: Duration | None = Field(default=None, description="ISO 8601 duration, e.g. PT48H")
 
     @model_validator(mode="after")
     def _one_of(self) -> AdvanceClockBody:
@@ -169,10 +173,18 @@ async def advance_clock(call: Call) -> dict[str, Any]:
     if services.clock.mode != "test":
         raise RuleViolation("the clock can only be moved when clock.mode is 'test'", mode=services.clock.mode)
     body: AdvanceClockBody = call.body
-    target = body.to if body.to is not None else services.clock.now() + body.by
-    if target < services.clock.now():
-        raise InvalidInput("the test clock only moves forward", now=services.clock.now())
-    fired = await services.scheduler.advance(target)
+    now = services.clock.now()
+    try:
+        target = body.to if body.to is not None else now + body.by
+        too_late = target > LATEST_TEST_TIME
+    except OverflowError:  # beyond the year 9999
+        too_late = True
+    if too_late:
+        raise InvalidInput(f"the test clock goes no further than {LATEST_TEST_TIME.isoformat()}",
+                           latest=LATEST_TEST_TIME, now=now)
+    if target < now:
+        raise InvalidInput("the test clock only moves forward", now=now)
+    fired = await services.scheduler.advance(target.astimezone(UTC))
     return {"mode": "test", "now": services.clock.now(), "fired": fired}
 
 
