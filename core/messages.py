@@ -8,13 +8,14 @@ in `docs/asyncapi.json` and served at `/asyncapi.json`.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from core.errors import InvalidInput
 
@@ -125,8 +126,33 @@ class Actor(MessageData):
     role: Literal["buyer", "seller", "support", "admin", "service", "system"]
 
 
+#: ASCII digits, at most twelve before the point and two after it, no leading zero.
+AMOUNT_PATTERN = r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,2})?$"
+_AMOUNT = re.compile(AMOUNT_PATTERN)
+
+
+def _amount(value: object) -> object:
+    """An amount arrives as a JSON string of ASCII digits with at most two decimals ("59.99",
+    "10"). A JSON number is refused (a float is not exact), and so is anything Python's
+    Decimal would read but a person might not mean: spaces, signs, exponents ("5.999e1"),
+    a third decimal ("59.990"), other scripts' digits ("١٠"), underscores."""
+    if isinstance(value, Decimal):
+        return value  # made by the service itself; the field's bounds still apply
+    if isinstance(value, str) and _AMOUNT.fullmatch(value):
+        return Decimal(value)
+    raise ValueError('an amount is a string of ASCII digits with at most two decimals, e.g. "59.99"')
+
+
+Amount = Annotated[Decimal, BeforeValidator(_amount), WithJsonSchema({
+    "type": "string", "pattern": AMOUNT_PATTERN, "examples": ["59.99"],
+    "description": "ASCII digits with at most two decimals, as a string.",
+})]
+
+
 class Money(MessageData):
-    amount: Decimal = Field(gt=0, max_digits=14, decimal_places=2)
+    """An amount above zero in a currency (ISO 4217 code)."""
+
+    amount: Amount = Field(gt=0, max_digits=14, decimal_places=2)
     currency: str = Field(pattern=r"^[A-Z]{3}$")
 
 

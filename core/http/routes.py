@@ -29,7 +29,7 @@ SELLER_OR_SUPPORT = frozenset({"seller"}) | SUPPORT
 
 
 class Body(BaseModel):
-    """Base of request bodies: unknown fields are refused."""
+    """Base of request bodies: unknown fields are refused, values are strict (`parse_body`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -91,13 +91,16 @@ class Call:
 
 
 async def parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
-    raw = await request.read()
+    """Validate the body in pydantic's strict JSON mode: every value must already have its
+    JSON type (a boolean is true or false, an integer is not "3" nor 3.0 nor true); only
+    the strings the JSON Schema promises (date-times, durations) are read as such."""
+    raw = await request.read() or b"null"
     try:
-        payload = json.loads(raw or b"null")
+        json.loads(raw)
     except ValueError:
         raise InvalidInput("the body is not valid JSON") from None
     try:
-        return model.model_validate(payload)
+        return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         errors = [
             {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
