@@ -1,7 +1,7 @@
 """Messages: one CloudEvents 1.0 envelope, a pydantic model per type, a catalogue.
 
 The routing key of every message is its `type`, on one durable topic exchange.
-`subject` is the order id. The catalogue lists every type the service publishes
+`subject` says what it is about: the order id, `seller:<id>`, `plugin:<name>`. The catalogue lists every type the service publishes
 or consumes; `asyncapi_document()` turns it into the AsyncAPI 3.0 document kept
 in `docs/asyncapi.json` and served at `/asyncapi.json`.
 """
@@ -32,7 +32,11 @@ class Envelope(BaseModel):
     source: str = Field(min_length=1, max_length=200)
     type: str = Field(min_length=1, max_length=200, pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)+$")
     time: AwareDatetime
-    subject: str | None = Field(default=None, max_length=200)
+    subject: str | None = Field(
+        default=None, max_length=200,
+        description="What the message is about: the order id; `seller:<id>` for a seller's settings "
+                    "(availability, blocking); `plugin:<name>` for an admin's plugin switch. Every "
+                    "message rescenter publishes has one.")
     datacontenttype: Literal["application/json"] = "application/json"
     data: dict[str, Any] = Field(default_factory=dict)
 
@@ -324,7 +328,7 @@ ORDER_EVENTS: tuple[MessageType, ...] = (
     MessageType("order.late", OrderLate, "The order was not delivered by its due date (published once).", "publish", rules=("ORD-2",)),
     MessageType("order.delivery_extended", OrderDeliveryExtended, "The due date moved by some days after the parties agreed.", "publish", rules=("ORD-2", "DSP-7")),
     MessageType("order.amended", OrderAmended, "Extra revisions, days or price were added after the parties agreed.", "publish", rules=("DSP-8",)),
-    MessageType("plugin.switched", PluginSwitched, "An admin switched a plugin on or off.", "publish"),
+    MessageType("plugin.switched", PluginSwitched, "An admin switched a plugin on or off (subject `plugin:<name>`); a switch to the state it was in announces nothing.", "publish"),
 )
 
 ORDER_COMMANDS: tuple[MessageType, ...] = (
@@ -406,7 +410,9 @@ def asyncapi_document(catalogue: Catalogue, exchange: str) -> dict[str, Any]:
             "description": (
                 "Messages rescenter publishes (send) and consumes (receive) on one durable "
                 f"topic exchange `{exchange}`. Every message is a CloudEvents 1.0 envelope in "
-                "structured JSON; the routing key is its `type`; `subject` is the order id. "
+                "structured JSON; the routing key is its `type`; `subject` says what it is about: "
+                "the order id, `seller:<id>` for a seller's settings, `plugin:<name>` for a plugin "
+                "switch. "
                 "Consumers must be idempotent on `id`: delivery is at least once."
             ),
         },

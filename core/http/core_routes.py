@@ -279,7 +279,8 @@ def core_routes() -> list[Route]:
         Route("GET", "/admin/plugins", list_plugins, "Plugins: loaded, failed, on or off.",
               roles=frozenset({"admin", "support"}), tags=("admin",)),
         Route("PUT", "/admin/plugins/{name}", switch_plugin,
-              "Switch a plugin on or off for every instance (they follow within seconds).",
+              "Switch a plugin on or off for every instance (they follow within seconds); announced "
+              "with plugin.switched, unless the plugin already was in that state.",
               roles=ADMIN, body=PluginSwitchBody, tags=("admin",)),
         Route("GET", "/admin/clock", get_clock, "The service clock: mode and now.",
               roles=frozenset({"admin", "support", "service"}), tags=("admin",)),
