@@ -19,7 +19,7 @@ import pytest_asyncio
 from core.messages import core_catalogue
 from core.service import Service
 from tests.harness import ORDER, Client, Harness
-from tests.support import PROBLEM, header, problem
+from tests.support import header, problem
 
 PROBE = {"extra": ["tests.probe_plugin"]}
 PROBE_NAME = "probe"  # tests.probe_plugin names itself (NAME)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from core.errors import Forbidden, InvalidInput
 from core.http.auth import Principal
+from core.http.idempotency import IdempotentRequest
 from core.messages import Actor
 
 Handler = Callable[["Call"], Awaitable[Any]]
@@ -60,6 +61,8 @@ class Call:
     principal: Principal | None
     body: Any
     services: Any
+    #: the request's Idempotency-Key, when it was sent with one (core.http.idempotency)
+    idempotent: IdempotentRequest | None = None
 
     @property
     def match(self) -> dict[str, str]:
@@ -81,13 +84,10 @@ class Call:
 
     @property
     def idempotency_key(self) -> str | None:
-        key = self.request.headers.get("Idempotency-Key")
-        if key is None:
-            return None
-        if not 1 <= len(key) <= 200:
-            raise InvalidInput("Idempotency-Key must be 1 to 200 characters")
-        assert self.principal is not None
-        return f"http:{self.principal.id}:{key}"
+        """The message id a command remembers for this request when it came with an
+        `Idempotency-Key`: one per caller, key, method, path and body. The HTTP layer has
+        already answered repetitions and refused a key reused for another request."""
+        return self.idempotent.message_id if self.idempotent is not None else None
 
 
 async def parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
