@@ -1,20 +1,21 @@
 """Messages: one CloudEvents 1.0 envelope, a pydantic model per type, a catalogue.
 
 The routing key of every message is its `type`, on one durable topic exchange.
-`subject` is the order id. The catalogue lists every type the service publishes
+`subject` says what it is about: the order id, `seller:<id>`, `plugin:<name>`. The catalogue lists every type the service publishes
 or consumes; `asyncapi_document()` turns it into the AsyncAPI 3.0 document kept
 in `docs/asyncapi.json` and served at `/asyncapi.json`.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from core.errors import InvalidInput
 
@@ -31,7 +32,11 @@ class Envelope(BaseModel):
     source: str = Field(min_length=1, max_length=200)
     type: str = Field(min_length=1, max_length=200, pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)+$")
     time: AwareDatetime
-    subject: str | None = Field(default=None, max_length=200)
+    subject: str | None = Field(
+        default=None, max_length=200,
+        description="What the message is about: the order id; `seller:<id>` for a seller's settings "
+                    "(availability, blocking); `plugin:<name>` for an admin's plugin switch. Every "
+                    "message rescenter publishes has one.")
     datacontenttype: Literal["application/json"] = "application/json"
     data: dict[str, Any] = Field(default_factory=dict)
 
@@ -129,8 +134,33 @@ class Actor(MessageData):
     role: Literal["buyer", "seller", "support", "admin", "service", "system"]
 
 
+#: ASCII digits, at most twelve before the point and two after it, no leading zero.
+AMOUNT_PATTERN = r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,2})?$"
+_AMOUNT = re.compile(AMOUNT_PATTERN)
+
+
+def _amount(value: object) -> object:
+    """An amount arrives as a JSON string of ASCII digits with at most two decimals ("59.99",
+    "10"). A JSON number is refused (a float is not exact), and so is anything Python's
+    Decimal would read but a person might not mean: spaces, signs, exponents ("5.999e1"),
+    a third decimal ("59.990"), other scripts' digits ("١٠"), underscores."""
+    if isinstance(value, Decimal):
+        return value  # made by the service itself; the field's bounds still apply
+    if isinstance(value, str) and _AMOUNT.fullmatch(value):
+        return Decimal(value)
+    raise ValueError('an amount is a string of ASCII digits with at most two decimals, e.g. "59.99"')
+
+
+Amount = Annotated[Decimal, BeforeValidator(_amount), WithJsonSchema({
+    "type": "string", "pattern": AMOUNT_PATTERN, "examples": ["59.99"],
+    "description": "ASCII digits with at most two decimals, as a string.",
+})]
+
+
 class Money(MessageData):
-    amount: Decimal = Field(gt=0, max_digits=14, decimal_places=2)
+    """An amount above zero in a currency (ISO 4217 code)."""
+
+    amount: Amount = Field(gt=0, max_digits=14, decimal_places=2)
     currency: str = Field(pattern=r"^[A-Z]{3}$")
 
 
@@ -302,7 +332,7 @@ ORDER_EVENTS: tuple[MessageType, ...] = (
     MessageType("order.late", OrderLate, "The order was not delivered by its due date (published once).", "publish", rules=("ORD-2",)),
     MessageType("order.delivery_extended", OrderDeliveryExtended, "The due date moved by some days after the parties agreed.", "publish", rules=("ORD-2", "DSP-7")),
     MessageType("order.amended", OrderAmended, "Extra revisions, days or price were added after the parties agreed.", "publish", rules=("DSP-8",)),
-    MessageType("plugin.switched", PluginSwitched, "An admin switched a plugin on or off.", "publish"),
+    MessageType("plugin.switched", PluginSwitched, "An admin switched a plugin on or off (subject `plugin:<name>`); a switch to the state it was in announces nothing.", "publish"),
 )
 
 _UNKNOWN_OR_STATE = "an unknown order (`not found`), or an order whose state does not allow it (ORD-1)"
@@ -493,9 +523,9 @@ def asyncapi_document(catalogue: Catalogue, topology: Topology) -> dict[str, Any
             "description": "\n\n".join([
                 "Messages rescenter publishes (send) and consumes (receive) on one durable "
                 f"topic exchange `{exchange}`. Every message is a CloudEvents 1.0 envelope in "
-                "structured JSON; the routing key is its `type`; `subject` is the order id (or the "
-                "subject the owner's README names). Consumers must be idempotent on `id`: delivery is at "
-                "least once.",
+                "structured JSON; the routing key is its `type`; `subject` says what it is about: "
+                "the order id, `seller:<id>` for a seller's settings, `plugin:<name>` for a plugin "
+                "switch. Consumers must be idempotent on `id`: delivery is at least once.",
                 PUBLISHING,
                 ANSWERS,
                 "**Queues.** One durable quorum queue per consumer group (the core, each plugin), bound to "

@@ -193,7 +193,7 @@ class OrderService:
             "buyer_id": command.buyer_id,
             "seller_id": command.seller_id,
             "gig_id": command.gig_id,
-            "price": {"amount": str(command.price.amount), "currency": command.price.currency},
+            "price": {"amount": str(command.price.amount.quantize(CENT)), "currency": command.price.currency},
             "delivery_days": command.delivery_days,
             "state": AWAITING_REQUIREMENTS,
             "placed_at": now,

@@ -23,10 +23,12 @@ from typing import Any
 
 import pluggy
 import structlog
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
 
 from core import hookspecs
 from core.clock import Clock
-from core.errors import NotFound
+from core.errors import Conflict, NotFound
 from core.messages import Actor, PluginSwitched, make_envelope
 from core.metrics import Metrics
 from core.outbox import Effect, Outbox
@@ -44,6 +46,12 @@ DEFAULT_PLUGINS = (
 )
 ENTRY_POINT_GROUP = "rescenter.plugins"
 STATES = "plugin_states"
+SWITCH_ATTEMPTS = 8
+
+
+def plugin_subject(name: str) -> str:
+    """The CloudEvents subject of an admin's event about a plugin (as `seller:<id>` for a seller's)."""
+    return f"plugin:{name}"
 
 
 async def await_me_maybe(value: Any) -> Any:
@@ -151,26 +159,44 @@ class PluginRegistry:
         for listener in self.listeners:
             await listener(name, on)
 
-    async def switch(self, name: str, on: bool, actor: Actor, outbox: Outbox, clock: Clock) -> None:
-        """An admin's switch: stored for every instance, applied here at once."""
+    async def switch(self, name: str, on: bool, actor: Actor, outbox: Outbox, clock: Clock) -> bool:
+        """An admin's switch: stored for every instance, applied here at once, and announced
+        with `plugin.switched` (subject `plugin:<name>`). A switch to the state the plugin is
+        already in changes nothing and announces nothing. Returns whether it changed."""
         if name not in self.modules:
             raise NotFound(f"no plugin named {name!r} is loaded", plugin=name)
-        event = make_envelope(
-            "plugin.switched", PluginSwitched(plugin=name, enabled=on, actor=actor),
-            subject=None, time=clock.now(),
-        )
-        update = outbox.stage(
-            {"$set": {"enabled": on, "changed_at": clock.now(), "changed_by": actor.id}},
-            [Effect.publish(event)],
-        )
-        doc = await self.collection.find_one_and_update(
-            {"_id": name}, update, upsert=True, return_document=True
-        )
-        try:
-            await outbox.flush(STATES, doc)
-        except Exception as exc:  # stored: the sweeper publishes the event once the broker is back
-            log.warning("plugin.switched deferred to the outbox sweeper", plugin=name, error=repr(exc))
-        await self.refresh()
+        for _ in range(SWITCH_ATTEMPTS):
+            stored = await self.collection.find_one({"_id": name}, {"enabled": 1})
+            current = stored["enabled"] if stored is not None else self.default_enabled(name)
+            if current == on:
+                await self.refresh()
+                return False
+            now = clock.now()
+            event = make_envelope("plugin.switched", PluginSwitched(plugin=name, enabled=on, actor=actor),
+                                  subject=plugin_subject(name), time=now)
+            fields = {"enabled": on, "changed_at": now, "changed_by": actor.id}
+            doc: dict[str, Any] | None
+            if stored is None:
+                doc = {"_id": name, **fields, **outbox.initial([Effect.publish(event)])}
+                try:
+                    await self.collection.insert_one(doc)
+                except DuplicateKeyError:
+                    continue  # another admin's switch was stored first: look again
+            else:
+                # Guarded by the state read, so two admins flipping it at once announce it once.
+                doc = await self.collection.find_one_and_update(
+                    {"_id": name, "enabled": current}, outbox.stage({"$set": fields}, [Effect.publish(event)]),
+                    return_document=ReturnDocument.AFTER,
+                )
+                if doc is None:
+                    continue
+            try:
+                await outbox.flush(STATES, doc)
+            except Exception as exc:  # stored: the sweeper publishes the event once the broker is back
+                log.warning("plugin.switched deferred to the outbox sweeper", plugin=name, error=repr(exc))
+            await self.refresh()
+            return True
+        raise Conflict(f"plugin {name!r} is being switched by someone else; try again", plugin=name)
 
     def start_following(self) -> None:
         self._task = asyncio.create_task(self._follow(), name="plugin-switches")

@@ -13,6 +13,7 @@ from core.bus import Bus, Subscription
 from core.clock import Clock, SystemClock, TestClock
 from core.http.app import build_app
 from core.http.core_routes import core_routes
+from core.http.idempotency import IdempotencyKeys
 from core.http.routes import Route
 from core.messages import (
     CORE_BINDINGS,
@@ -52,6 +53,7 @@ class Service:
         self.app: web.Application | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.idempotency: IdempotencyKeys | None = None
 
     async def start(self, *, http: bool = True) -> Services:
         settings = self.settings
@@ -99,7 +101,9 @@ class Service:
         self.routes = core_routes()
         for result in plugins.call_each("register_routes", services=services):
             self.routes += [dataclasses.replace(route, plugin=result.plugin) for route in result.value]
-        await asyncio.gather(scheduler.create_indexes(), orders.create_indexes(), outbox.create_indexes())
+        self.idempotency = IdempotencyKeys(store, settings.idempotency)
+        await asyncio.gather(scheduler.create_indexes(), orders.create_indexes(), outbox.create_indexes(),
+                             self.idempotency.create_indexes())
         for result in plugins.call_each("startup", services=services):
             await await_me_maybe(result.value)
 
@@ -109,6 +113,7 @@ class Service:
         plugins.start_following()
         scheduler.start()
         outbox.start()
+        self.idempotency.start()
         if http:
             await self._start_http(services)
         log.info("rescenter started", instance=instance, plugins=sorted(plugins.enabled),
@@ -116,7 +121,7 @@ class Service:
         return services
 
     async def _start_http(self, services: Services) -> None:
-        self.app = build_app(services, self.routes)
+        self.app = build_app(services, self.routes, self.idempotency)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port)
@@ -151,6 +156,8 @@ class Service:
         await services.scheduler.stop()
         await services.bus.close()  # cancels consumers, drains in-flight handlers
         await services.outbox.stop()
+        if self.idempotency is not None:
+            await self.idempotency.stop()
         if isinstance(services.clock, TestClock):
             await services.clock.stop()
         await services.store.close()
@@ -163,8 +170,9 @@ class Service:
             await self._runner.shutdown()
         if services is None:
             return
-        for stoppable in (services.plugins, services.scheduler, services.outbox):
-            await stoppable.stop()
+        for stoppable in (services.plugins, services.scheduler, services.outbox, self.idempotency):
+            if stoppable is not None:
+                await stoppable.stop()
         if isinstance(services.clock, TestClock):
             await services.clock.stop()
         if services.bus.connection is not None:

@@ -101,6 +101,14 @@ class OutboxSettings(_Section):
     lease: Duration = timedelta(seconds=5)
 
 
+class IdempotencySettings(_Section):
+    """`Idempotency-Key` records (core.http.idempotency); times on the real clock."""
+
+    expire_after: Duration = Field(timedelta(hours=24), gt=timedelta(0))
+    in_progress_lease: Duration = Field(timedelta(minutes=1), gt=timedelta(0))
+    prune_interval: Duration = Field(timedelta(minutes=10), gt=timedelta(0))
+
+
 class PluginSettings(_Section):
     enabled: list[str] = ["disputes", "reviews", "availability", "blocking", "metrics"]
     extra: list[str] = []
@@ -171,6 +179,7 @@ class Settings(BaseSettings):
     clock: ClockSettings = ClockSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     outbox: OutboxSettings = OutboxSettings()
+    idempotency: IdempotencySettings = IdempotencySettings()
     plugins: PluginSettings = PluginSettings()
     policy: Policy = Policy()
 

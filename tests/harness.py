@@ -153,6 +153,7 @@ class Client:
             if expect is not None:
                 assert response.status == expect, f"{method} {path}: {response.status} {payload}"
             self.last_status = response.status
+            self.last_headers = response.headers
             self.last_content_type = response.content_type
             return payload
 

@@ -205,3 +205,16 @@ def test_every_setting_has_its_key_in_defaults_toml() -> None:
         return keys
 
     assert leaves(load_settings().model_dump()) == leaves(toml)
+
+
+def test_idempotency_keys_expire_after_24_hours_by_default_and_it_is_configurable(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    assert settings.idempotency.expire_after == timedelta(hours=24)
+    assert settings.idempotency.in_progress_lease == timedelta(minutes=1)
+    assert settings.idempotency.prune_interval == timedelta(minutes=10)
+    monkeypatch.setenv("RESCENTER_IDEMPOTENCY__EXPIRE_AFTER", "PT48H")
+    assert load_settings().idempotency.expire_after == timedelta(hours=48)
+    monkeypatch.setenv("RESCENTER_IDEMPOTENCY__EXPIRE_AFTER", "PT0S")
+    with pytest.raises(SettingsError, match="idempotency.expire_after"):
+        load_settings()

@@ -19,7 +19,7 @@ import pytest_asyncio
 from core.messages import core_catalogue
 from core.service import Service
 from tests.harness import ORDER, Client, Harness
-from tests.support import PROBLEM, problem
+from tests.support import header, problem
 
 PROBE = {"extra": ["tests.probe_plugin"]}
 PROBE_NAME = "probe"  # tests.probe_plugin names itself (NAME)
@@ -209,6 +209,83 @@ async def test_strict_body_over_max_body_bytes_is_413_and_changes_nothing() -> N
         assert await snapshot(buyer, order_id) == before
         # Under the limit it goes through.
         await buyer.post(f"/orders/{order_id}/requirements", {"requirements": "x" * 900}, expect=200)
+
+
+NOT_BOOLEANS = ("yes", "no", "true", "false", "", 1, 0, None, [True], {"value": True})
+NOT_AMOUNTS = (" 10 ", "\u0661\u0660", "59.990", "5.999e1", "1e2", "+10", "-10", "10.", ".5", "1_000",
+               "0x10", "NaN", "Infinity", "010", "10.00\n", "\uff11\uff10", "1000000000000", 10, 10.5, True, None)
+
+
+async def test_strict_body_a_boolean_is_a_JSON_boolean_and_anything_else_changes_nothing() -> None:
+    async with Harness() as h:
+        service = await h.start_instance()
+        admin = h.client(service, "admin-1", "admin")
+        for value in NOT_BOOLEANS:
+            refused = problem(admin, await admin.put("/admin/plugins/reviews", {"enabled": value}), 422)
+            assert refused["errors"][0]["field"] == "enabled", value
+        rows = {p["name"]: p for p in (await admin.get("/admin/plugins", expect=200))["plugins"]}
+        assert rows["reviews"]["enabled"] is True
+        await h.probe.settle(0.2)
+        assert h.probe.of_type("plugin.switched") == []
+        assert (await admin.put("/admin/plugins/reviews", {"enabled": False}, expect=200))["enabled"] is False
+
+
+async def test_strict_body_an_integer_is_a_JSON_integer() -> None:
+    async with Harness() as h:
+        service = await h.start_instance()
+        buyer = h.client(service, "buyer-1", "buyer")
+        for value in ("3", 3.0, True, "3 days"):
+            refused = problem(buyer, await buyer.post("/orders", {**ORDER, "delivery_days": value}), 422)
+            assert refused["errors"][0]["field"] == "delivery_days", value
+        assert (await buyer.get("/orders", expect=200)) == {"orders": []}
+
+
+async def test_strict_body_an_amount_is_ASCII_digits_with_at_most_two_decimals_on_core_and_plugin_routes() -> None:
+    """ORD-5 and DSP-2 bodies: an amount is a string of ASCII digits with at most two
+    decimals; padded, signed, exponent, three-decimal, non-ASCII digits or a JSON number
+    are refused with a 422 problem naming the field, and nothing is stored."""
+    async with Harness() as h:
+        service = await h.start_instance()
+        buyer = h.client(service, "buyer-1", "buyer")
+        seller = h.client(service, "seller-1", "seller")
+        for amount in NOT_AMOUNTS:
+            body = await buyer.post("/orders", {**ORDER, "price": {"amount": amount, "currency": "EUR"}})
+            refused = problem(buyer, body, 422)
+            assert refused["errors"][0]["field"] == "price.amount", amount
+        assert (await buyer.get("/orders", expect=200)) == {"orders": []}
+
+        placed = [await place(buyer, price={"amount": amount, "currency": "EUR"}) for amount in ("59.99", "10", "10.5")]
+        # Accepted as given, shown as the API shows every amount: two decimal places.
+        assert [o["price"]["amount"] for o in placed] == ["59.99", "10.00", "10.50"]
+        order_id = placed[0]["id"]
+        await buyer.post(f"/orders/{order_id}/requirements", {"requirements": "a logo"}, expect=200)
+        path = f"/orders/{order_id}/resolution/requests"
+        for amount in NOT_AMOUNTS:
+            refund = {"kind": "partial_refund", "amount": {"amount": amount, "currency": "EUR"},
+                      "explanation": "Part of the work is missing.", "reason": "compensation_for_delay"}
+            refused = problem(seller, await seller.post(path, refund), 422)
+            assert refused["errors"][0]["field"] == "partial_refund.amount.amount", amount
+            offer = {"kind": "extra_offer", "description": "Two more logos.", "price": {"amount": amount,
+                                                                                       "currency": "EUR"}}
+            refused = problem(seller, await seller.post(path, offer), 422)
+            assert refused["errors"][0]["field"] == "extra_offer.price.amount", amount
+        assert (await seller.get(f"/orders/{order_id}/resolution", expect=200))["requests"] == []
+
+
+async def test_strict_an_amount_on_the_bus_is_ASCII_digits_with_at_most_two_decimals() -> None:
+    async with Harness() as h:
+        await h.start_instance()
+        command = {"order_id": "bus-amount", "buyer_id": "buyer-1", "seller_id": "seller-1", "gig_id": "gig-1",
+                   "delivery_days": 3}
+        await h.publish("command.order.place", {**command, "price": {"amount": "59.990", "currency": "EUR"}},
+                        subject="bus-amount")
+        [dead] = await h.dead_letters("core")
+        assert header(dead, "x-rescenter-reason") == "invalid"
+        assert "price.amount" in header(dead, "x-rescenter-error")
+        await h.publish("command.order.place", {**command, "price": {"amount": "59.99", "currency": "EUR"}},
+                        subject="bus-amount")
+        [placed] = await h.probe.wait_for("order.placed", lambda m: m.subject == "bus-amount")
+        assert placed.data["price"] == {"amount": "59.99", "currency": "EUR"}
 
 
 # ---------------------------------------------------------------- ORD-1
@@ -519,6 +596,24 @@ async def test_clock_advance_is_refused_409_on_the_system_clock() -> None:
         assert (await admin.get("/admin/clock", expect=200))["mode"] == "system"
         refused = problem(admin, await admin.post("/admin/clock/advance", {"by": "P2D"}), 409, mode="system")
         assert "test" in refused["detail"]
+
+
+async def test_clock_advance_beyond_what_a_date_holds_is_422_and_moves_nothing() -> None:
+    """Any body gets a 4xx problem: a duration that overflows the calendar, an instant past
+    the last one the test clock takes, an offset that leaves the year 9999, a bare number."""
+    async with Harness() as h:
+        service = await h.start_instance()
+        admin = h.client(service, "admin-1", "admin")
+        now = (await admin.get("/admin/clock", expect=200))["now"]
+        for body in ({"by": "P99999999D"}, {"by": "P999999999D"}, {"by": "P9999999999D"},
+                     {"by": "P1000000W"}, {"to": "9999-12-31T23:59:59+00:00"},
+                     {"to": "9999-12-31T23:59:59-23:59"}, {"to": "9000-01-01T00:00:01+00:00"},
+                     {"by": 1e300}, {"by": 3600}, {"by": "1 day"}):
+            refused = problem(admin, await admin.post("/admin/clock/advance", body), 422)
+            assert refused["status"] == 422, body
+            assert (await admin.get("/admin/clock", expect=200))["now"] == now, body
+        moved = await admin.post("/admin/clock/advance", {"to": "8999-12-31T23:00:00-01:00"}, expect=200)
+        assert datetime.fromisoformat(moved["now"]) == datetime.fromisoformat("9000-01-01T00:00:00+00:00")
 
 
 async def test_clock_moving_backwards_is_422() -> None:

@@ -4,6 +4,7 @@ consumers stop and its queue keeps what arrives, its routes answer 503, its veto
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aio_pika
@@ -108,3 +109,60 @@ async def test_a_switch_made_while_publishing_fails_is_kept_and_announced_later(
         bus.publish = real_publish  # type: ignore[method-assign]
         [event] = await h.probe.wait_for("plugin.switched", timeout=10)
         assert event.data["plugin"] == "probe" and event.data["enabled"] is False
+
+
+async def test_a_switch_to_the_state_a_plugin_is_in_changes_nothing_and_announces_nothing() -> None:
+    async with Harness(**PROBE) as h:
+        a = await h.start_instance()
+        assert a.services is not None
+        admin = h.client(a, "admin-1", "admin")
+        states = a.services.store.collection("plugin_states")
+
+        # On by default: switching it on again stores nothing and publishes nothing.
+        assert (await admin.put("/admin/plugins/probe", {"enabled": True}, expect=200))["enabled"] is True
+        assert await states.find_one({"_id": "probe"}) is None
+
+        assert (await admin.put("/admin/plugins/probe", {"enabled": False}, expect=200))["enabled"] is False
+        [event] = await h.probe.wait_for("plugin.switched")
+        assert event.subject == "plugin:probe"
+        assert event.data == {"plugin": "probe", "enabled": False, "actor": {"id": "admin-1", "role": "admin"}}
+        stored = await states.find_one({"_id": "probe"})
+
+        assert (await admin.put("/admin/plugins/probe", {"enabled": False}, expect=200))["enabled"] is False
+        await h.probe.settle(0.3)
+        assert [m.id for m in h.probe.of_type("plugin.switched")] == [event.id]
+        assert await states.find_one({"_id": "probe"}) == stored
+        assert not consuming(a, "probe")
+
+
+async def test_admins_switching_a_plugin_at_once_announce_it_once() -> None:
+    async with Harness(**PROBE) as h:
+        a = await h.start_instance(service={"instance_id": "a"})
+        b = await h.start_instance(service={"instance_id": "b"})
+        admins = [h.client(service, f"admin-{n}", "admin") for n in range(3) for service in (a, b)]
+        answers = await asyncio.gather(*(admin.put("/admin/plugins/probe", {"enabled": False}) for admin in admins))
+        assert all(answer["enabled"] is False for answer in answers)
+        await h.probe.wait_for("plugin.switched")
+        await h.probe.settle(0.3)
+        assert len({m.id for m in h.probe.of_type("plugin.switched")}) == 1
+
+
+async def test_every_message_the_service_publishes_has_a_subject() -> None:
+    """CloudEvents `subject` on every message: orders (the order id), plugin switches
+    (`plugin:<name>`), seller settings (`seller:<id>`)."""
+    async with Harness(**PROBE) as h:
+        a = await h.start_instance()
+        admin = h.client(a, "admin-1", "admin")
+        buyer = h.client(a, "buyer-1", "buyer")
+        seller = h.client(a, "seller-1", "seller")
+        order_id = (await buyer.post("/orders", ORDER, expect=201))["id"]
+        await buyer.post(f"/orders/{order_id}/requirements", {"requirements": "x"}, expect=200)
+        await seller.put("/availability/sellers/seller-1/order-cap", {"max_active_orders": 5}, expect=200)
+        await admin.put("/admin/plugins/probe", {"enabled": False}, expect=200)
+        await admin.put("/admin/plugins/probe", {"enabled": True}, expect=200)
+        await h.probe.wait_for("plugin.switched", count=2)
+        await h.probe.settle(0.3)
+        published = [m for m in h.probe.messages if m.source == "rescenter"]
+        assert {m.type for m in published} >= {"order.placed", "order.requirements_submitted",
+                                                "plugin.switched", "availability.cap_changed"}
+        assert all(m.subject for m in published), [m.type for m in published if not m.subject]

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from core.errors import Forbidden, PluginDisabled, RescenterError
 from core.http.auth import Authenticator
+from core.http.idempotency import IdempotencyKeys, IdempotentRequest, Replay, idempotent_request
 from core.http.routes import Call, Route, parse_body
 
 log = structlog.get_logger("rescenter.http")
@@ -23,6 +24,7 @@ PROBLEM_TYPE = "application/problem+json"
 SERVICES: web.AppKey[Any] = web.AppKey("services", object)
 ROUTES: web.AppKey[list[Route]] = web.AppKey("routes", list)
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body_bytes", int)
+IDEMPOTENCY: web.AppKey[IdempotencyKeys] = web.AppKey("idempotency", IdempotencyKeys)
 
 
 def _default(value: Any) -> Any:
@@ -99,18 +101,55 @@ def _wrap(route: Route, authenticator: Authenticator) -> Any:
             if not principal.has_any(route.roles):
                 raise Forbidden(f"this needs one of the roles: {', '.join(sorted(route.roles))}")
         body = await parse_body(request, route.body) if route.body is not None else None
+        idempotent = None
         if principal is not None:
             structlog.contextvars.bind_contextvars(user=principal.id)
-        result = await route.handler(Call(request, principal, body, services))
-        if route.raw:
-            return result
-        return json_response(result, status=route.status)
+            # Only a request that passed authentication and validation claims its key.
+            payload = (await request.read() or b"null") if route.body is not None else None
+            idempotent = idempotent_request(request, principal.id, payload)
+        call = Call(request, principal, body, services, idempotent)
+        if idempotent is None:
+            return await _answer(route, call)
+        return await _answer_once(route, call, idempotent, request.app[IDEMPOTENCY])
 
     handle.__name__ = getattr(route.handler, "__name__", "handle")
     return handle
 
 
-def build_app(services: Any, routes: list[Route]) -> web.Application:
+async def _answer(route: Route, call: Call) -> web.StreamResponse:
+    result = await route.handler(call)
+    if route.raw:
+        return result
+    return json_response(result, status=route.status)
+
+
+async def _answer_once(route: Route, call: Call, idempotent: IdempotentRequest,
+                       keys: IdempotencyKeys) -> web.StreamResponse:
+    """Run a request sent with an Idempotency-Key once; its repetitions get its answer."""
+    claim = await keys.begin(idempotent)
+    if isinstance(claim, Replay):
+        return claim.response()
+    try:
+        response = await _answer(route, call)
+    except RescenterError as exc:
+        if exc.permanent and exc.status < 500:
+            # A refusal is an answer too (ORD-3 even records the attempt): a repetition gets it again.
+            refusal = problem_response(exc.to_problem(), call.request.path)
+            await keys.finish(claim, refusal)
+            return refusal
+        await keys.release(claim)  # "try again" (writers collided, unavailable): the key stays usable
+        raise
+    except BaseException:
+        await keys.release(claim)
+        raise
+    if isinstance(response, web.Response):
+        await keys.finish(claim, response)
+    else:
+        await keys.release(claim)
+    return response
+
+
+def build_app(services: Any, routes: list[Route], idempotency: IdempotencyKeys | None = None) -> web.Application:
     settings = services.settings
     app = web.Application(
         middlewares=[problems_middleware], client_max_size=settings.http.max_body_bytes
@@ -118,6 +157,7 @@ def build_app(services: Any, routes: list[Route]) -> web.Application:
     app[SERVICES] = services
     app[ROUTES] = routes
     app[MAX_BODY] = settings.http.max_body_bytes
+    app[IDEMPOTENCY] = idempotency or IdempotencyKeys(services.store, settings.idempotency)
     authenticator = Authenticator(settings.auth)
     seen: set[tuple[str, str]] = set()
     for route in routes:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import AwareDatetime, Field, model_validator
+from pydantic import AwareDatetime, BeforeValidator, Field, TypeAdapter, ValidationError, model_validator
 
 from core.errors import InvalidInput, RuleViolation, Unavailable
 from core.http.openapi import openapi_document
@@ -28,8 +28,12 @@ from core.http.responses import (
 from core.http.routes import Body, Call, Route
 from core.messages import Money, PlaceOrder, asyncapi_document, new_id
 from core.orders import public_view
+from core.settings import Duration
 
 ADMIN = frozenset({"admin"})
+#: The test clock goes no further: every instant the service computes from "now" (a due date,
+#: an answer window, a metrics window) must still be a date, and Python's end at the year 9999.
+LATEST_TEST_TIME = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 # ---------------------------------------------------------------- bodies
@@ -65,9 +69,24 @@ class PluginSwitchBody(Body):
     enabled: bool
 
 
+_ISO_DURATION: TypeAdapter[timedelta] = TypeAdapter(Duration)
+
+
+def _iso_duration(value: object) -> timedelta:
+    """ISO 8601 only, as in the configuration ("1 day" and bare seconds are refused); read
+    here because a body's strict mode takes no string for a timedelta after a validator."""
+    try:
+        return _ISO_DURATION.validate_python(value)
+    except ValidationError as exc:
+        raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+
+
+IsoDuration = Annotated[timedelta, BeforeValidator(_iso_duration)]
+
+
 class AdvanceClockBody(Body):
     to: AwareDatetime | None = None
-    by: timedelta | None = Field(default=None, description="ISO 8601 duration, e.g. PT48H")
+    by: IsoDuration | None = Field(default=None, description="ISO 8601 duration, e.g. PT48H")
 
     @model_validator(mode="after")
     def _one_of(self) -> AdvanceClockBody:
@@ -183,10 +202,18 @@ async def advance_clock(call: Call) -> dict[str, Any]:
     if services.clock.mode != "test":
         raise RuleViolation("the clock can only be moved when clock.mode is 'test'", mode=services.clock.mode)
     body: AdvanceClockBody = call.body
-    target = body.to if body.to is not None else services.clock.now() + body.by
-    if target < services.clock.now():
-        raise InvalidInput("the test clock only moves forward", now=services.clock.now())
-    fired = await services.scheduler.advance(target)
+    now = services.clock.now()
+    try:
+        target = body.to if body.to is not None else now + body.by
+        too_late = target > LATEST_TEST_TIME
+    except OverflowError:  # beyond the year 9999
+        too_late = True
+    if too_late:
+        raise InvalidInput(f"the test clock goes no further than {LATEST_TEST_TIME.isoformat()}",
+                           latest=LATEST_TEST_TIME, now=now)
+    if target < now:
+        raise InvalidInput("the test clock only moves forward", now=now)
+    fired = await services.scheduler.advance(target.astimezone(UTC))
     return {"mode": "test", "now": services.clock.now(), "fired": fired}
 
 
@@ -273,7 +300,8 @@ def core_routes() -> list[Route]:
         Route("GET", "/admin/plugins", list_plugins, "Plugins: loaded, failed, on or off.",
               roles=frozenset({"admin", "support"}), response=PluginList, tags=("admin",)),
         Route("PUT", "/admin/plugins/{name}", switch_plugin,
-              "Switch a plugin on or off for every instance (they follow within seconds).",
+              "Switch a plugin on or off for every instance (they follow within seconds); announced "
+              "with plugin.switched, unless the plugin already was in that state.",
               roles=ADMIN, body=PluginSwitchBody, response=PluginState, tags=("admin",)),
         Route("GET", "/admin/clock", get_clock, "The service clock: mode and now.",
               roles=frozenset({"admin", "support", "service"}), response=ClockState, tags=("admin",)),

@@ -54,6 +54,21 @@ IMPLIED = {
 }
 
 
+IDEMPOTENCY_KEY = (
+    "Makes retrying this command safe (as Stripe and the IETF draft \"The Idempotency-Key HTTP Header "
+    "Field\" do it). A key belongs to the caller (the token's `sub`) and to the first request sent with "
+    "it: method, path and a fingerprint of the JSON body (field order and spacing do not count). "
+    "The same request again gets the first answer's status and body again, refusals included, with "
+    "`Idempotent-Replayed: true`, and changes nothing. The same key on another route or with another "
+    "body is refused with 422 (`type` .../idempotency-key-reused; `idempotency_key` names the key, "
+    "`first_request` the route it was used for) and changes nothing. While the first request is still "
+    "being processed, the same request gets 409 (`type` .../idempotency-key-in-use): retry later. "
+    "Answers that invite a retry (409 conflict, 503, 500) are not kept, so the key stays usable. "
+    "A key is kept 24 h by default (`idempotency.expire_after`), then it may name a new request. "
+    "Requests that fail authentication or validation do not use the key."
+)
+
+
 def implied_problems(route: Route) -> dict[str, str]:
     """The problem statuses a route's declaration implies, with what each means."""
     statuses = []
@@ -134,8 +149,8 @@ def openapi_document(routes: list[Route]) -> dict[str, Any]:
         if route.method in ("POST", "PUT", "PATCH") and route.roles is not None:
             parameters.append({
                 "name": "Idempotency-Key", "in": "header", "required": False,
-                "description": "A repeated call with the same key changes nothing twice.",
-                "schema": {"type": "string", "maxLength": 200},
+                "description": IDEMPOTENCY_KEY,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 200},
             })
         if parameters:
             operation["parameters"] = parameters

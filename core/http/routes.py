@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from core.errors import Forbidden, InvalidInput
 from core.http.auth import Principal
+from core.http.idempotency import IdempotentRequest
 from core.messages import Actor
 
 Handler = Callable[["Call"], Awaitable[Any]]
@@ -29,7 +30,7 @@ SELLER_OR_SUPPORT = frozenset({"seller"}) | SUPPORT
 
 
 class Body(BaseModel):
-    """Base of request bodies: unknown fields are refused."""
+    """Base of request bodies: unknown fields are refused, values are strict (`parse_body`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -63,6 +64,8 @@ class Call:
     principal: Principal | None
     body: Any
     services: Any
+    #: the request's Idempotency-Key, when it was sent with one (core.http.idempotency)
+    idempotent: IdempotentRequest | None = None
 
     @property
     def match(self) -> dict[str, str]:
@@ -84,23 +87,23 @@ class Call:
 
     @property
     def idempotency_key(self) -> str | None:
-        key = self.request.headers.get("Idempotency-Key")
-        if key is None:
-            return None
-        if not 1 <= len(key) <= 200:
-            raise InvalidInput("Idempotency-Key must be 1 to 200 characters")
-        assert self.principal is not None
-        return f"http:{self.principal.id}:{key}"
+        """The message id a command remembers for this request when it came with an
+        `Idempotency-Key`: one per caller, key, method, path and body. The HTTP layer has
+        already answered repetitions and refused a key reused for another request."""
+        return self.idempotent.message_id if self.idempotent is not None else None
 
 
 async def parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
-    raw = await request.read()
+    """Validate the body in pydantic's strict JSON mode: every value must already have its
+    JSON type (a boolean is true or false, an integer is not "3" nor 3.0 nor true); only
+    the strings the JSON Schema promises (date-times, durations) are read as such."""
+    raw = await request.read() or b"null"
     try:
-        payload = json.loads(raw or b"null")
+        json.loads(raw)
     except ValueError:
         raise InvalidInput("the body is not valid JSON") from None
     try:
-        return model.model_validate(payload)
+        return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         errors = [
             {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}

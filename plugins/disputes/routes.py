@@ -7,13 +7,13 @@ fields. Refusals by a rule are problem+json naming it (`"rule": "DSP-2"`).
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, RootModel
 
 from core.http.responses import ActorView, Amount, OrderState, View
 from core.http.routes import Body, Call, Route
+from core.messages import Amount as ExactAmount  # input: ASCII digits, two places at most
 from plugins.disputes.center import center_for
 from plugins.disputes.messages import Kind, Party
 from plugins.disputes.rules import RefundReason
@@ -29,7 +29,7 @@ ShortText = Annotated[str, Field(min_length=1, max_length=1_000, pattern=r"\S")]
 class OfferedAmount(Body):
     """Money in the order's currency: an exact decimal with at most two places, as a string."""
 
-    amount: Decimal = Field(max_digits=14, decimal_places=2, examples=["30.00"])
+    amount: ExactAmount = Field(max_digits=14, decimal_places=2, examples=["30.00"])
     currency: str = Field(pattern=r"^[A-Z]{3}$", examples=["EUR"])
 
 
