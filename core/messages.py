@@ -366,12 +366,20 @@ def asyncapi_document(catalogue: Catalogue, exchange: str) -> dict[str, Any]:
                 }
             },
         }
-        operations[f"{'send' if mt.direction == 'publish' else 'receive'}_{key}"] = {
+        operation: dict[str, Any] = {
             "action": "send" if mt.direction == "publish" else "receive",
             "channel": {"$ref": f"#/channels/{key}"},
             "summary": mt.summary,
             "messages": [{"$ref": f"#/channels/{key}/messages/{key}"}],
         }
+        if mt.direction == "consume":
+            acts = " and to act for the role in `data.actor.role`" if "actor" in mt.model.model_fields else ""
+            operation["description"] = (
+                "Authorized: set the AMQP `user_id` property to the broker user you connect as; "
+                f"`bus.authorization.users` must allow that user to send {type_}{acts}. Otherwise the "
+                "message is dead-lettered with reason `unauthorized` and changes nothing."
+            )
+        operations[f"{'send' if mt.direction == 'publish' else 'receive'}_{key}"] = operation
     return {
         "asyncapi": "3.0.0",
         "info": {
@@ -381,7 +389,16 @@ def asyncapi_document(catalogue: Catalogue, exchange: str) -> dict[str, Any]:
                 "Messages rescenter publishes (send) and consumes (receive) on one durable "
                 f"topic exchange `{exchange}`. Every message is a CloudEvents 1.0 envelope in "
                 "structured JSON; the routing key is its `type`; `subject` is the order id. "
-                "Consumers must be idempotent on `id`: delivery is at least once."
+                "Consumers must be idempotent on `id`: delivery is at least once.\n\n"
+                "Authorization: a message another service sends to rescenter (the `receive` operations) "
+                "is applied only when its AMQP `user_id` property names a broker user that "
+                "`bus.authorization.users` allows to send that type and, when `data` carries an `actor`, to "
+                "act for `actor.role`. RabbitMQ refuses a `user_id` that is not the publishing connection's "
+                "user (the channel is closed with PRECONDITION_FAILED), so it cannot be forged; give each "
+                "service a broker user of its own, without the `impersonator` tag. A message without "
+                "`user_id` (when `bus.authorization.require_user_id` is true, as production requires) or "
+                "from a user not allowed is dead-lettered with `x-rescenter-reason: unauthorized` and "
+                "changes nothing. Everything rescenter sends carries its own broker user in `user_id`."
             ),
         },
         "defaultContentType": "application/cloudevents+json",

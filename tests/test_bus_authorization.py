@@ -29,6 +29,8 @@ from core.messages import (
     ChargebackReported,
     MessageData,
     SubmitRequirements,
+    asyncapi_document,
+    core_catalogue,
     make_envelope,
 )
 from core.settings import ActorRole, BusAuthorization
@@ -97,6 +99,19 @@ def test_the_roles_of_the_map_are_the_roles_an_actor_can_have() -> None:
 ])
 def test_broker_user_is_the_user_of_the_url(url: str, user: str) -> None:
     assert broker_user(url) == user
+
+
+def test_asyncapi_tells_each_sender_to_set_user_id_and_what_a_refusal_does() -> None:
+    document = asyncapi_document(core_catalogue(), "rescenter.events")
+    assert "`user_id`" in document["info"]["description"]
+    assert "unauthorized" in document["info"]["description"]
+    receive = {name: op for name, op in document["operations"].items() if op["action"] == "receive"}
+    assert "receive_command_order_cancel" in receive and "receive_payment_chargeback_reported" in receive
+    for name, operation in receive.items():
+        assert "AMQP `user_id`" in operation.get("description", ""), name
+        assert "`unauthorized`" in operation["description"], name
+    assert "data.actor.role" in receive["receive_command_order_cancel"]["description"]
+    assert "data.actor.role" not in receive["receive_payment_chargeback_reported"]["description"]
 
 
 # ---------------------------------------------------------------- against the broker
