@@ -79,9 +79,13 @@ def _topic_match(pattern: str, key: str) -> bool:
     return re.fullmatch(regex, key) is not None
 
 
-def broker_user(url: str) -> str:
-    """The user an AMQP URL connects as (RabbitMQ's default, guest, when it names none)."""
-    return unquote(urlsplit(url).username or "") or "guest"
+def broker_user(url: str) -> str | None:
+    """The user an AMQP URL connects as (guest when it names none, as the client does), or
+    None when a certificate names it (`auth=external`): then the URL cannot tell."""
+    parts = urlsplit(url)
+    if "auth=external" in parts.query.lower():
+        return None
+    return unquote(parts.username or "") or "guest"
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ class Senders:
     credentials can no longer act as support or as any buyer by writing `data.actor`."""
 
     settings: BusAuthorization
-    own_user: str  # rescenter's own broker user: its resolution center sends the core commands
+    own_user: str | None  # rescenter's own broker user: its resolution center sends the core commands
 
     def refusal(self, user_id: str | None, type_: str, data: MessageData) -> str | None:
         """Why this message may not be applied, or None when it may."""
@@ -146,7 +150,7 @@ class Bus:
         self._declared: list[Any] = []  # strong references, for recovery
         self.groups: dict[str, ConsumerGroup] = {}
         self._locks = KeyedLocks()
-        self.own_user = broker_user(settings.url)
+        self.own_user = settings.authorization.service_user or broker_user(settings.url)
         self.senders = Senders(settings.authorization, self.own_user)
 
     # ------------------------------------------------------------ topology

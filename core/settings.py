@@ -86,6 +86,7 @@ class BusAuthorization(_Section):
 
     require_user_id: bool = False
     users: dict[str, BusSender] = {}
+    service_user: str = ""  # rescenter's own broker user; "" = the user named in bus.url
 
 
 class BusSettings(_Section):

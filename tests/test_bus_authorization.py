@@ -21,7 +21,7 @@ import aio_pika
 import pytest
 import pytest_asyncio
 
-from core.bus import Senders, broker_user
+from core.bus import Bus, Senders, broker_user
 from core.clock import utcnow
 from core.messages import (
     Actor,
@@ -33,7 +33,8 @@ from core.messages import (
     core_catalogue,
     make_envelope,
 )
-from core.settings import ActorRole, BusAuthorization
+from core.metrics import Metrics
+from core.settings import ActorRole, BusAuthorization, BusSettings
 from tests.harness import ORDER, Harness
 from tests.support import eventually, header
 from tests.test_disputes import SELLER_CANCEL, new_case
@@ -96,9 +97,18 @@ def test_the_roles_of_the_map_are_the_roles_an_actor_can_have() -> None:
     ("amqp://guest:guest@127.0.0.1:5672/", "guest"),
     ("amqp://rescenter%40prod:pw@rabbit/", "rescenter@prod"),
     ("amqp://127.0.0.1/", "guest"),  # RabbitMQ's default user when the URL names none
+    ("amqps://rabbit:5671/?auth=external", None),  # a certificate names it: the URL cannot tell
 ])
-def test_broker_user_is_the_user_of_the_url(url: str, user: str) -> None:
+def test_broker_user_is_the_user_of_the_url(url: str, user: str | None) -> None:
     assert broker_user(url) == user
+
+
+def test_the_services_own_user_can_be_named_when_the_url_does_not() -> None:
+    settings = BusSettings(url="amqps://rabbit:5671/?auth=external",
+                           authorization=BusAuthorization(require_user_id=True, service_user="rescenter"))
+    bus = Bus(settings, core_catalogue(), Metrics())
+    assert bus.own_user == "rescenter"
+    assert bus.senders.refusal("rescenter", "command.order.cancel", CANCEL) is None
 
 
 def test_asyncapi_tells_each_sender_to_set_user_id_and_what_a_refusal_does() -> None:
