@@ -10,8 +10,14 @@ Topology, all durable:
   redeliveries; instances of the service compete on it.
 - `<prefix>.dead` (direct) -> `<prefix>.<group>.dead`: dead letters, each with
   the reason in headers (`x-rescenter-reason`, `x-rescenter-error`), whether we
-  sent it there (invalid message, permanent error, retries exhausted) or the
-  broker did (`x-first-death-reason: delivery-limit`).
+  sent it there (invalid message, unauthorized sender, permanent error, retries
+  exhausted) or the broker did (`x-first-death-reason: delivery-limit`).
+
+Messages other services send to rescenter (the catalogue's "consume" types: commands and
+facts) are authorized by the AMQP `user_id` property, which RabbitMQ checks against the
+publishing connection's user: `bus.authorization` says which broker user may send which
+types and act for which roles (`Senders`). Refused ones are dead-lettered as `unauthorized`.
+Everything rescenter publishes carries its own broker user in `user_id`.
 
 One robust connection per process; one channel for publishing with confirms;
 one channel per consumer group with its own prefetch. Strong references to
@@ -27,6 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import structlog
@@ -41,9 +48,9 @@ from aio_pika.exceptions import DeliveryError
 
 from core.errors import RescenterError, Unavailable
 from core.locks import KeyedLocks
-from core.messages import Catalogue, Envelope, MessageData, Queue, Topology
+from core.messages import Actor, Catalogue, Envelope, MessageData, Queue, Topology
 from core.metrics import Metrics
-from core.settings import BusSettings
+from core.settings import BusAuthorization, BusSettings
 
 log = structlog.get_logger("rescenter.bus")
 
@@ -70,6 +77,45 @@ def _topic_match(pattern: str, key: str) -> bool:
         return pattern == key
     regex = re.escape(pattern).replace(r"\#", ".*").replace(r"\*", "[^.]+")
     return re.fullmatch(regex, key) is not None
+
+
+def broker_user(url: str) -> str | None:
+    """The user an AMQP URL connects as (guest when it names none, as the client does), or
+    None when a certificate names it (`auth=external`): then the URL cannot tell."""
+    parts = urlsplit(url)
+    if "auth=external" in parts.query.lower():
+        return None
+    return unquote(parts.username or "") or "guest"
+
+
+@dataclass(frozen=True)
+class Senders:
+    """Which broker user may send which message types to rescenter, acting for which roles
+    (`bus.authorization`). The user is the message's AMQP `user_id`: RabbitMQ refuses one
+    that is not the publishing connection's own user, so a client holding some broker
+    credentials can no longer act as support or as any buyer by writing `data.actor`."""
+
+    settings: BusAuthorization
+    own_user: str | None  # rescenter's own broker user: its resolution center sends the core commands
+
+    def refusal(self, user_id: str | None, type_: str, data: MessageData) -> str | None:
+        """Why this message may not be applied, or None when it may."""
+        if not user_id:
+            if not self.settings.require_user_id:
+                return None  # development default: as before the map existed
+            return (f"{type_} has no user_id property: publish it with user_id set to the broker "
+                    "user you connect as")
+        if user_id == self.own_user:
+            return None
+        sender = self.settings.users.get(user_id)
+        if sender is None:
+            return f"broker user {user_id!r} is not in bus.authorization.users"
+        if not any(_topic_match(pattern, type_) for pattern in sender.types):
+            return f"broker user {user_id!r} may not send {type_}"
+        actor = getattr(data, "actor", None)
+        if isinstance(actor, Actor) and actor.role not in sender.roles:
+            return f"broker user {user_id!r} may not act for the role {actor.role!r} ({type_})"
+        return None
 
 
 @dataclass
@@ -104,6 +150,8 @@ class Bus:
         self._declared: list[Any] = []  # strong references, for recovery
         self.groups: dict[str, ConsumerGroup] = {}
         self._locks = KeyedLocks()
+        self.own_user = settings.authorization.service_user or broker_user(settings.url)
+        self.senders = Senders(settings.authorization, self.own_user)
 
     # ------------------------------------------------------------ topology
 
@@ -197,6 +245,7 @@ class Bus:
             content_type="application/cloudevents+json",
             message_id=envelope.id,
             type=envelope.type,
+            user_id=self.own_user,  # the broker checks it; our own commands are authorized by it
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         try:
@@ -224,6 +273,8 @@ class Bus:
                 "x-rescenter-dead-at": time.time(),
             }
         )
+        if message.user_id:  # the dead letter is ours to publish: the sender is kept as a header
+            headers["x-rescenter-user-id"] = message.user_id
         dead = aio_pika.Message(
             message.body,
             headers=headers,
@@ -295,6 +346,12 @@ class Bus:
         structlog.contextvars.bind_contextvars(
             message_id=envelope.id, type=envelope.type, order_id=envelope.subject, plugin=group.name
         )
+        if self.catalogue.types[envelope.type].direction == "consume":
+            refusal = self.senders.refusal(message.user_id, envelope.type, data)
+            if refusal is not None:
+                log.warning("unauthorized message dead-lettered", error=refusal, user_id=message.user_id)
+                await self._settle_dead(group, message, "unauthorized", refusal)
+                return
         handler = group.handler_for(envelope.type)
         if handler is None:
             await self._settle_dead(group, message, "unhandled", f"no handler for {envelope.type}")
@@ -399,4 +456,4 @@ async def delete_topology(settings: BusSettings, groups: Iterable[str]) -> None:
                     await channel.exchange_delete(name)
 
 
-__all__ = ["Bus", "Subscription", "Unroutable", "delete_topology", "topology"]
+__all__ = ["Bus", "Senders", "Subscription", "Unroutable", "broker_user", "delete_topology", "topology"]

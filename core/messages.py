@@ -407,6 +407,8 @@ class Topology:
 DEAD_LETTER_REASONS = {
     "invalid": "the body is not a CloudEvents envelope of a known `type`, or its `data` fails the type's model",
     "unhandled": "the queue has no handler for the envelope's `type` (a routing key that does not match it)",
+    "unauthorized": "its AMQP `user_id` is missing or names a broker user that `bus.authorization.users` does "
+                    "not allow to send this type, or to act for the role in `data.actor.role`",
     "rejected": "refused for good: a business rule (`x-rescenter-error` starts with its id, e.g. `ORD-1: ...`), "
                 "an unknown order, or an actor who may not do it",
     "delivery_limit": "failed every time it was delivered (an outage, a bug, a conflict that did not clear): "
@@ -417,10 +419,11 @@ PUBLISHING = (
     "**Publishing to rescenter.** Publish on the exchange with routing key = the envelope's `type` and the "
     "CloudEvents envelope as the body (structured JSON), with publisher confirms and `mandatory`. Set these AMQP "
     "properties: `message_id` = the envelope's `id`, `content_type` = `application/cloudevents+json`, `type` = "
-    "the envelope's `type`, `delivery_mode` = 2 (persistent), as rescenter does on what it publishes. The "
+    "the envelope's `type`, `delivery_mode` = 2 (persistent), as rescenter does on what it publishes, and "
+    "`user_id` = your broker user (see Authorization: the one property the service checks). Otherwise the "
     "service acts on the body alone: the envelope's `id` makes a command apply once (the same `id` again "
     "changes nothing and publishes nothing) and its `type` picks the model and the handler. A message without "
-    "these properties is processed all the same; the properties serve the broker and tracing, and a dead letter "
+    "the other properties is processed all the same; they serve the broker and tracing, and a dead letter "
     "copies `message_id`, `type` and `content_type`, so without them it is harder to trace back to its sender."
 )
 
@@ -494,14 +497,24 @@ def asyncapi_document(catalogue: Catalogue, topology: Topology) -> dict[str, Any
             "summary": mt.summary,
             "messages": [{"$ref": f"#/channels/{key}/messages/{key}"}],
         }
+        descriptions = []
         if mt.answers:
             answer = _key(mt.answers[0])
             operation["reply"] = {
                 "channel": {"$ref": f"#/channels/{answer}"},
                 "messages": [{"$ref": f"#/channels/{_key(a)}/messages/{_key(a)}"} for a in mt.answers],
             }
-            operation["description"] = (f"Answered by {', '.join(f'`{a}`' for a in mt.answers)}; refused "
-                                        f"(dead letter, reason `rejected`) when: {mt.refused_when}.")
+            descriptions.append(f"Answered by {', '.join(f'`{a}`' for a in mt.answers)}; refused "
+                                f"(dead letter, reason `rejected`) when: {mt.refused_when}.")
+        if mt.direction == "consume":
+            acts = " and to act for the role in `data.actor.role`" if "actor" in mt.model.model_fields else ""
+            descriptions.append(
+                "Authorized: set the AMQP `user_id` property to the broker user you connect as; "
+                f"`bus.authorization.users` must allow that user to send {type_}{acts}. Otherwise the "
+                "message is dead-lettered with reason `unauthorized` and changes nothing."
+            )
+        if descriptions:
+            operation["description"] = " ".join(descriptions)
         operations[f"{action}_{key}"] = operation
     for queue in topology.queues:
         channels.update(_queue_channels(queue, catalogue, topology))
@@ -526,6 +539,15 @@ def asyncapi_document(catalogue: Catalogue, topology: Topology) -> dict[str, Any
                 "structured JSON; the routing key is its `type`; `subject` says what it is about: "
                 "the order id, `seller:<id>` for a seller's settings, `plugin:<name>` for a plugin "
                 "switch. Consumers must be idempotent on `id`: delivery is at least once.",
+                "**Authorization.** A message another service sends to rescenter (the `receive` "
+                "operations) is applied only when its AMQP `user_id` property names a broker user that "
+                "`bus.authorization.users` allows to send that type and, when `data` carries an `actor`, to "
+                "act for `actor.role`. RabbitMQ refuses a `user_id` that is not the publishing connection's "
+                "user (the channel is closed with PRECONDITION_FAILED), so it cannot be forged; give each "
+                "service a broker user of its own, without the `impersonator` tag. A message without "
+                "`user_id` (when `bus.authorization.require_user_id` is true, as production requires) or "
+                "from a user not allowed is dead-lettered with `x-rescenter-reason: unauthorized` and "
+                "changes nothing. Everything rescenter sends carries its own broker user in `user_id`.",
                 PUBLISHING,
                 ANSWERS,
                 "**Queues.** One durable quorum queue per consumer group (the core, each plugin), bound to "

@@ -30,6 +30,7 @@ from pydantic_settings import (
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "defaults.toml"
 DEV_SECRET = "dev-secret-change-me-in-production-0123456789"
+DEV_BUS_USER = "guest"  # RabbitMQ's default user, allowed everything by the development defaults
 
 
 def _iso_8601_only(value: object) -> object:
@@ -63,6 +64,31 @@ class HttpSettings(_Section):
     max_body_bytes: int = Field(65536, gt=0)
 
 
+#: whom a command's `data.actor` may stand for (`core.messages.Actor.role`)
+ActorRole = Literal["buyer", "seller", "support", "admin", "service", "system"]
+#: an AMQP topic pattern, as in a binding: words joined by dots, `*` one word, `#` any number
+TopicPattern = Annotated[str, Field(pattern=r"^(\*|#|[a-z0-9_]+)(\.(\*|#|[a-z0-9_]+))*$")]
+
+
+class BusSender(_Section):
+    """What one broker user may send to rescenter."""
+
+    types: list[TopicPattern] = Field(min_length=1)
+    roles: list[ActorRole] = []
+
+
+class BusAuthorization(_Section):
+    """Who may send the messages rescenter consumes from other services (commands, facts).
+
+    The sender is the AMQP `user_id` property, which RabbitMQ checks against the user of the
+    publishing connection. rescenter's own broker user (the user of `bus.url`) may send
+    everything: the resolution center's agreements reach the core that way."""
+
+    require_user_id: bool = False
+    users: dict[str, BusSender] = {}
+    service_user: str = ""  # rescenter's own broker user; "" = the user named in bus.url
+
+
 class BusSettings(_Section):
     url: str = "amqp://guest:guest@127.0.0.1:5672/"
     exchange: str = Field("rescenter.events", min_length=1)
@@ -72,6 +98,7 @@ class BusSettings(_Section):
     retry_delay: Duration = timedelta(seconds=0.2)
     shutdown_grace: Duration = timedelta(seconds=10)
     unrouted_max_length: int = Field(100_000, ge=1)
+    authorization: BusAuthorization = BusAuthorization()
 
 
 class StoreSettings(_Section):
@@ -190,6 +217,16 @@ class Settings(BaseSettings):
                 raise ValueError("clock.mode 'test' is refused when service.environment is 'production'")
             if self.auth.secret == DEV_SECRET:
                 raise ValueError("auth.secret must be set (the development secret is refused in production)")
+            authorization = self.bus.authorization
+            if not authorization.require_user_id:
+                raise ValueError("bus.authorization.require_user_id must be true in production: "
+                                 "a command without a user_id would be applied unchecked")
+            if not authorization.users:
+                raise ValueError("bus.authorization.users is empty: in production name the broker user of "
+                                 "each service that sends commands, with its types and roles")
+            if DEV_BUS_USER in authorization.users:
+                raise ValueError(f"bus.authorization.users.{DEV_BUS_USER} is the development default and is "
+                                 "refused in production: give each service a broker user of its own")
         return self
 
     @classmethod

@@ -144,11 +144,77 @@ def test_production_refuses_the_development_secret(monkeypatch: pytest.MonkeyPat
         load_settings()
 
 
-def test_production_starts_with_a_real_secret_and_the_system_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+PAYMENTS_ONLY = """
+[bus.authorization.users.payments]
+types = ["payment.chargeback_reported"]
+"""
+
+
+def _production_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, users: str = PAYMENTS_ONLY) -> None:
+    """defaults.toml with a bus authorization map of production: user ids required, `users`
+    in place of the development guest entry (a file of one's own: TOML tables merge)."""
+    text = DEFAULT_CONFIG.read_text()
+    start = text.index("[bus.authorization.users.guest]")
+    end = text.index("\n[", start)
+    text = text[:start] + users.strip() + "\n" + text[end:]
+    assert "require_user_id = false" in text
+    config = tmp_path / "production.toml"
+    config.write_text(text.replace("require_user_id = false", "require_user_id = true"))
+    monkeypatch.setenv("RESCENTER_CONFIG", str(config))
     monkeypatch.setenv("RESCENTER_SERVICE__ENVIRONMENT", "production")
     monkeypatch.setenv("RESCENTER_AUTH__SECRET", A_REAL_SECRET)
+
+
+def test_production_starts_with_a_real_secret_the_system_clock_and_a_bus_authorization_map(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _production_config(tmp_path, monkeypatch)
     settings = load_settings()
     assert settings.service.environment == "production" and settings.clock.mode == "system"
+    authorization = settings.bus.authorization
+    assert authorization.require_user_id is True
+    assert {name: (user.types, user.roles) for name, user in authorization.users.items()} == {
+        "payments": (["payment.chargeback_reported"], [])}
+
+
+def test_development_lets_guest_send_every_command_as_any_role_and_takes_one_without_user_id() -> None:
+    authorization = load_settings().bus.authorization
+    assert authorization.require_user_id is False
+    assert authorization.users["guest"].types == ["#"]
+    assert set(authorization.users["guest"].roles) == {"buyer", "seller", "support", "admin", "service", "system"}
+
+
+def test_production_refuses_bus_commands_without_user_id(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _production_config(tmp_path, monkeypatch)
+    monkeypatch.setenv("RESCENTER_BUS__AUTHORIZATION__REQUIRE_USER_ID", "false")
+    with pytest.raises(SettingsError, match="bus.authorization.require_user_id must be true in production"):
+        load_settings()
+
+
+def test_production_refuses_an_empty_bus_authorization_map(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _production_config(tmp_path, monkeypatch, users="")
+    with pytest.raises(SettingsError, match="bus.authorization.users is empty"):
+        load_settings()
+
+
+def test_production_refuses_the_development_guest_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESCENTER_SERVICE__ENVIRONMENT", "production")
+    monkeypatch.setenv("RESCENTER_AUTH__SECRET", A_REAL_SECRET)
+    monkeypatch.setenv("RESCENTER_BUS__AUTHORIZATION__REQUIRE_USER_ID", "true")
+    with pytest.raises(SettingsError, match="bus.authorization.users.guest is the development default"):
+        load_settings()
+
+
+@pytest.mark.parametrize(("users", "key"), [
+    ('[bus.authorization.users.shop]\ntypes = ["command.order.*"]\nroles = ["god"]', "bus.authorization.users.shop.roles"),
+    ('[bus.authorization.users.shop]\ntypes = ["command order"]', "bus.authorization.users.shop.types"),
+    ('[bus.authorization.users.shop]\ntypes = []', "bus.authorization.users.shop.types"),
+    ('[bus.authorization.users.shop]\nroles = ["buyer"]', "bus.authorization.users.shop.types"),
+])
+def test_a_bad_bus_authorization_entry_is_refused_naming_the_key(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, users: str, key: str) -> None:
+    _production_config(tmp_path, monkeypatch, users=users)
+    with pytest.raises(SettingsError, match=key.replace(".", "[.]")):
+        load_settings()
 
 
 # Each bold number of RULES.md, the key that holds it in config/defaults.toml, and its value.

@@ -207,7 +207,7 @@ async def test_asyncapi_committed_document_lists_the_queues_a_default_instance_d
 def test_asyncapi_tells_a_publisher_which_amqp_properties_to_set_and_what_happens_without_them() -> None:
     description = documents(load_settings())["asyncapi.json"]["info"]["description"]
     for words in ("`message_id` = the envelope's `id`", "`content_type` = `application/cloudevents+json`",
-                  "without these properties is processed all the same", "x-rescenter-reason"):
+                  "without the other properties is processed all the same", "x-rescenter-reason"):
         assert words in description, words
 
 
