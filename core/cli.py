@@ -18,43 +18,18 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
+from core.commands import Command, CommandContext
 from core.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from core.clock import Clock
     from core.plugins import PluginRegistry
-    from core.store import Store
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 CORE_COMMANDS = frozenset({"run", "plugins", "docs", "token", "check-config"})
-
-
-@dataclass(frozen=True)
-class CommandContext:
-    """What a plugin's command works with: the configuration, a connected store and the
-    service's clock (in test clock mode, the shared test instant)."""
-
-    settings: Settings
-    store: Store
-    clock: Clock
-    out: TextIO = field(default_factory=lambda: sys.stdout)
-
-
-@dataclass(frozen=True)
-class Command:
-    """A plugin's command-line command: `rescenter <plugin> <name> [arguments]`.
-    `run` returns the exit status."""
-
-    name: str
-    help: str
-    run: Callable[[CommandContext, argparse.Namespace], Awaitable[int]]
-    #: adds the command's own arguments to its parser
-    arguments: Callable[[argparse.ArgumentParser], None] | None = None
 
 
 def main(argv: list[str] | None = None) -> int:

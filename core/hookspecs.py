@@ -15,7 +15,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from core.bus import Subscription
-    from core.cli import Command
+    from core.commands import Command
     from core.http.routes import Route
     from core.messages import MessageType, PlaceOrder
     from core.scheduler import DeadlineHandler

@@ -9,13 +9,12 @@ redelivery changes nothing twice.
 
 from __future__ import annotations
 
-import asyncio
 import copy
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from pymongo import ASCENDING, DESCENDING, InsertOne, ReplaceOne
@@ -52,9 +51,6 @@ from core.outbox import Effect, Outbox
 from core.scheduler import CORE_OWNER, Deadline
 from core.settings import OrderPolicy
 from core.store import APPLIED_KEEP, Store
-
-if TYPE_CHECKING:
-    from core.plugins import PluginRegistry
 
 log = structlog.get_logger("rescenter.orders")
 
@@ -128,16 +124,14 @@ class OrderService:
         outbox: Outbox,
         clock: Clock,
         policy: OrderPolicy,
-        plugins: PluginRegistry,
-        services_ref: Callable[[], Any],
+        ask_vetoes: Callable[[PlaceOrder], Awaitable[None]],
     ) -> None:
         self.collection = store.collection(COLLECTION)
         self.batcher = store.batcher(COLLECTION)  # the hot path's reads and inserts share round trips
         self.outbox = outbox
         self.clock = clock
         self.policy = policy
-        self.plugins = plugins
-        self._services = services_ref
+        self._ask_vetoes = ask_vetoes  # the plugin registry's: raises the refusal (ORD-5)
         self._writing = KeyedLocks()
         outbox.register(COLLECTION)
 
@@ -186,7 +180,7 @@ class OrderService:
             raise Forbidden("a buyer places orders for themselves only")
         if command.buyer_id == command.seller_id:
             raise RuleViolation("a seller cannot order from themselves", rule="ORD-5")
-        await self._ask_plugins(command)
+        await self._ask_vetoes(command)  # ORD-5: every enabled plugin first
         now = self.clock.now()
         order: dict[str, Any] = {
             "_id": command.order_id,
@@ -218,39 +212,6 @@ class OrderService:
             await self._flush_quietly(order)  # stored: placed, even if the event waits for the sweeper
         log.info("order placed", order_id=order["_id"])
         return order
-
-    async def _ask_plugins(self, command: PlaceOrder) -> None:
-        """ORD-5: every enabled plugin first; one refusal refuses the order."""
-        services = self._services()
-        calls = self.plugins.call_each("veto_order", services=services, order=command)
-        answers = await asyncio.gather(*(_await(r.value) for r in calls), return_exceptions=True)
-        vetoes = []
-        for result, answer in zip(calls, answers, strict=True):
-            if isinstance(answer, BaseException):
-                log.error("veto hook failed; the order is refused to be safe", plugin=result.plugin,
-                          error=repr(answer))
-                vetoes.append((result.plugin, None, f"{result.plugin} could not check this order"))
-            elif answer is not None:
-                vetoes.append((result.plugin, answer, answer.reason))
-        if not vetoes:
-            return
-        plugin, veto, reason = vetoes[0]
-        log.info("order refused by a plugin", order_id=command.order_id, plugin=plugin,
-                 plugin_rule=veto.rule if veto else None, seller_id=command.seller_id)
-        for undo in self.plugins.call_each("order_not_placed", services=services, order=command, reason=reason):
-            try:
-                await _await(undo.value)
-            except Exception:
-                log.exception("order_not_placed hook failed", plugin=undo.plugin)
-        if veto is not None and veto.discreet:
-            raise RuleViolation(reason, rule="ORD-5")
-        raise RuleViolation(
-            reason,
-            rule="ORD-5",
-            plugin=plugin,
-            plugin_rule=veto.rule if veto else None,
-            **(veto.details if veto else {}),
-        )
 
     # ------------------------------------------------------------ commands
 
@@ -515,12 +476,6 @@ class OrderService:
             await self.outbox.flush(COLLECTION, doc)
         except Exception as exc:
             log.warning("publish deferred to the outbox sweeper", order_id=doc["_id"], error=repr(exc))
-
-
-async def _await(value: Any) -> Any:
-    from core.plugins import await_me_maybe
-
-    return await await_me_maybe(value)
 
 
 def _same_order(existing: dict[str, Any], command: PlaceOrder) -> bool:

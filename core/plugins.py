@@ -28,8 +28,8 @@ from pymongo.errors import DuplicateKeyError
 
 from core import hookspecs
 from core.clock import Clock
-from core.errors import Conflict, NotFound
-from core.messages import Actor, PluginSwitched, make_envelope
+from core.errors import Conflict, NotFound, RuleViolation
+from core.messages import Actor, PlaceOrder, PluginSwitched, make_envelope
 from core.metrics import Metrics
 from core.outbox import Effect, Outbox
 from core.settings import PluginSettings
@@ -216,6 +216,39 @@ class PluginRegistry:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+    async def ask_vetoes(self, services: Any, command: PlaceOrder) -> None:
+        """ORD-5: every enabled plugin is asked about a new order; one refusal refuses it
+        (raised as a RuleViolation), and every plugin then undoes what it reserved."""
+        calls = self.call_each("veto_order", services=services, order=command)
+        answers = await asyncio.gather(*(await_me_maybe(r.value) for r in calls), return_exceptions=True)
+        vetoes = []
+        for result, answer in zip(calls, answers, strict=True):
+            if isinstance(answer, BaseException):
+                log.error("veto hook failed; the order is refused to be safe", plugin=result.plugin,
+                          error=repr(answer))
+                vetoes.append((result.plugin, None, f"{result.plugin} could not check this order"))
+            elif answer is not None:
+                vetoes.append((result.plugin, answer, answer.reason))
+        if not vetoes:
+            return
+        plugin, veto, reason = vetoes[0]
+        log.info("order refused by a plugin", order_id=command.order_id, plugin=plugin,
+                 plugin_rule=veto.rule if veto else None, seller_id=command.seller_id)
+        for undo in self.call_each("order_not_placed", services=services, order=command, reason=reason):
+            try:
+                await await_me_maybe(undo.value)
+            except Exception:
+                log.exception("order_not_placed hook failed", plugin=undo.plugin)
+        if veto is not None and veto.discreet:
+            raise RuleViolation(reason, rule="ORD-5")
+        raise RuleViolation(
+            reason,
+            rule="ORD-5",
+            plugin=plugin,
+            plugin_rule=veto.rule if veto else None,
+            **(veto.details if veto else {}),
+        )
 
     def describe(self) -> list[dict[str, Any]]:
         rows = [

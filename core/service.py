@@ -77,7 +77,8 @@ class Service:
                               active_owners=lambda: {CORE_OWNER} | plugins.enabled)
         outbox = Outbox(store, bus, scheduler, settings.outbox, metrics)
         outbox.register(STATES)
-        orders = OrderService(store, outbox, clock, settings.policy.orders, plugins, lambda: self.services)
+        orders = OrderService(store, outbox, clock, settings.policy.orders,
+                              ask_vetoes=lambda order: plugins.ask_vetoes(self.services, order))
         services = Services(settings=settings, clock=clock, store=store, bus=bus, outbox=outbox,
                             scheduler=scheduler, orders=orders, plugins=plugins, catalogue=catalogue,
                             metrics=metrics, instance=instance)

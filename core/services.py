@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from core.bus import Bus
     from core.clock import Clock
-    from core.messages import Catalogue
+    from core.messages import Actor, Catalogue
     from core.metrics import Metrics
     from core.orders import OrderService
     from core.outbox import Outbox
-    from core.plugins import PluginRegistry
     from core.scheduler import Scheduler
     from core.settings import Settings
     from core.store import Store
+
+
+class Plugins(Protocol):
+    """What routes and handlers use of the plugin registry (core.plugins.PluginRegistry),
+    declared here so that these declarations depend on no implementation."""
+
+    enabled: set[str]
+
+    def describe(self) -> list[dict[str, Any]]: ...
+
+    async def switch(self, name: str, on: bool, actor: Actor, outbox: Outbox, clock: Clock) -> bool: ...
+
+    async def stop(self) -> None: ...
 
 
 @dataclass
@@ -27,7 +39,7 @@ class Services:
     outbox: Outbox
     scheduler: Scheduler
     orders: OrderService
-    plugins: PluginRegistry
+    plugins: Plugins
     catalogue: Catalogue
     metrics: Metrics
     instance: str

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import structlog
 
-from core.cli import Command, CommandContext
+from core.commands import Command, CommandContext
 from core.hookspecs import hookimpl
 from tests.harness import ORDER, Harness
 from tests.probe_plugin import PINGS, REMINDERS, UNPLACED, ProbePing

@@ -111,3 +111,41 @@ def test_metrics_and_disputes_READMEs_document_how_a_buyer_cancels_while_require
         assert path, f"plugins/{plugin}/README.md does not say how a buyer cancels while requirements are awaited"
         for words in ("DSP-6", "MET-2", "accept", "48 h"):
             assert words in path, f"plugins/{plugin}/README.md: {words}"
+
+
+def _core_imports() -> dict[str, set[str]]:
+    """Each core module -> the core modules it imports, TYPE_CHECKING imports included."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent
+    modules = {}
+    for path in (root / "core").rglob("*.py"):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in modules:
+                named = {f"{node.module}.{a.name}" for a in node.names} & modules.keys()
+                graph[name] |= named or {node.module}
+    return graph
+
+
+def test_the_core_has_no_import_cycle_and_hookspecs_lead_back_to_no_wiring() -> None:
+    graph = _core_imports()
+
+    def reaches(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph[todo.pop()] - seen:
+                seen.add(nxt)
+                todo.append(nxt)
+        return seen
+
+    cycles = sorted(name for name in graph if name in reaches(name))
+    assert not cycles, f"modules on an import cycle: {cycles}"
+    # what wires and runs plugins: the hook declarations must not lead back to it
+    implementations = {"core.cli", "core.service", "core.plugins", "core.http.core_routes", "core.http.app"}
+    assert not (reaches("core.hookspecs") & implementations), reaches("core.hookspecs") & implementations

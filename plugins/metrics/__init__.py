@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.bus import Subscription
-from core.cli import Command
+from core.commands import Command
 from core.hookspecs import hookimpl
 from core.http.routes import Route
 from core.messages import Envelope, MessageData, MessageType

@@ -15,7 +15,7 @@ from plugins.metrics.repository import MetricsRepository, Rebuilt
 from plugins.metrics.rules import seller_figures
 
 if TYPE_CHECKING:
-    from core.cli import CommandContext
+    from core.commands import CommandContext
 
 HELP = "Rebuild every seller's completion rate and success score from the event log and compare with the live ones."
 
