@@ -4,12 +4,8 @@ restart under a running service."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
-import shutil
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -31,7 +27,7 @@ from core.messages import (
 from core.metrics import Metrics
 from tests import failing_plugin
 from tests.harness import ORDER, Harness
-from tests.support import consumed, eventually, header
+from tests.support import consumed, eventually, header, rabbitmqctl_candidates, rabbitmqctl_for, run
 
 BUYER = Actor(id="buyer-1", role="buyer")
 SELLER = Actor(id="seller-1", role="seller")
@@ -247,45 +243,8 @@ def _local_broker(url: str) -> bool:
     return urlparse(url).hostname in ("127.0.0.1", "localhost", "::1")
 
 
-def _rabbitmqctl_candidates() -> list[str]:
-    """scripts/services writes a rabbitmqctl aimed at the node it runs; else the one on PATH."""
-    shim = Path(__file__).resolve().parent.parent / ".local" / "bin" / "rabbitmqctl"
-    found = [str(shim)] if shim.is_file() else []
-    on_path = shutil.which("rabbitmqctl")
-    return found + ([on_path] if on_path and on_path not in found else [])
-
-
-async def _run(*command: str, timeout: float = 60) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        return -1, f"{command} took more than {timeout} s"
-    return process.returncode or 0, output.decode(errors="replace")
-
-
-async def _rabbitmqctl_for(port: int) -> str:
-    """The rabbitmqctl that reaches the node listening for AMQP on `port`."""
-    tried = []
-    for tool in _rabbitmqctl_candidates():
-        code, output = await _run(tool, "-q", "status", "--formatter", "json", timeout=30)
-        try:
-            listeners = json.loads(output).get("listeners", []) if code == 0 else []
-        except ValueError:
-            listeners = []
-        if any(item.get("protocol") == "amqp" and item.get("port") == port for item in listeners):
-            return tool
-        tried.append(f"{tool} (exit {code})")
-    # A broker started by someone else (another checkout, the system service) is not ours to restart.
-    pytest.skip(f"no rabbitmqctl of this checkout reaches the node serving AMQP on port {port}; tried {tried}")
-
-
 async def _rabbitmqctl(tool: str, *args: str) -> None:
-    code, output = await _run(tool, *args)
+    code, output = await run(tool, *args)
     assert code == 0, f"rabbitmqctl {' '.join(args)} failed: {output}"
 
 
@@ -320,12 +279,12 @@ class Witness:
             await self.connection.close()
 
 
-@pytest.mark.skipif(not _rabbitmqctl_candidates(), reason="rabbitmqctl is not on PATH: cannot restart the broker")
+@pytest.mark.skipif(not rabbitmqctl_candidates(), reason="rabbitmqctl is not on PATH: cannot restart the broker")
 async def test_broker_restart_under_a_running_service_loses_no_message() -> None:
     async with Harness(plugins={"extra": ["tests.probe_plugin"]}) as h:
         if not _local_broker(h.settings.bus.url):
             pytest.skip(f"the broker at {h.settings.bus.url} is not local: not restarting it")
-        rabbitmqctl = await _rabbitmqctl_for(urlparse(h.settings.bus.url).port or 5672)
+        rabbitmqctl = await rabbitmqctl_for(urlparse(h.settings.bus.url).port or 5672)
         service = await h.start_instance()
         assert service.services is not None
         witness = Witness(h)

@@ -9,9 +9,6 @@ else is dead-lettered with reason `unauthorized` and changes nothing.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, get_args
@@ -37,7 +34,7 @@ from core.messages import (
 from core.metrics import Metrics
 from core.settings import ActorRole, BusAuthorization, BusSettings
 from tests.harness import ORDER, Harness
-from tests.support import eventually, header
+from tests.support import eventually, header, rabbitmqctl_for, run
 from tests.test_disputes import SELLER_CANCEL, new_case
 
 SUPPORT = Actor(id="support-1", role="support")
@@ -128,33 +125,6 @@ def test_asyncapi_tells_each_sender_to_set_user_id_and_what_a_refusal_does() -> 
 # ---------------------------------------------------------------- against the broker
 
 
-async def _run(*command: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE,
-                                                   stderr=asyncio.subprocess.STDOUT)
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), 60)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        return -1, f"{command} took more than 60 s"
-    return process.returncode or 0, output.decode(errors="replace")
-
-
-async def _rabbitmqctl_reaching(port: int) -> str:
-    """rabbitmqctl on PATH, if it administers the node that serves AMQP on `port`; else skip."""
-    tool = shutil.which("rabbitmqctl")
-    if tool is None:
-        pytest.skip("rabbitmqctl is not on PATH: cannot make broker users")
-    code, output = await _run(tool, "-q", "status", "--formatter", "json")
-    try:
-        listeners = json.loads(output).get("listeners", []) if code == 0 else []
-    except ValueError:
-        listeners = []
-    if not any(item.get("protocol") == "amqp" and item.get("port") == port for item in listeners):
-        pytest.skip(f"rabbitmqctl does not reach the broker serving AMQP on port {port}: {output[:200]}")
-    return tool
-
-
 MakeUser = Callable[[str], Awaitable[str]]
 
 
@@ -170,7 +140,7 @@ async def broker_users(harness: Harness) -> AsyncIterator[MakeUser]:
     url = urlsplit(harness.settings.bus.url)
     if url.hostname not in ("127.0.0.1", "localhost", "::1"):
         pytest.skip(f"the broker at {url.hostname} is not local: no rabbitmqctl for it")
-    tool = await _rabbitmqctl_reaching(url.port or 5672)
+    tool = await rabbitmqctl_for(url.port or 5672)
     vhost = url.path[1:] or "/"
     made: list[str] = []
 
@@ -178,7 +148,7 @@ async def broker_users(harness: Harness) -> AsyncIterator[MakeUser]:
         name = f"rc-test-{harness.tag}-{role}"
         for args in (("add_user", name, name), ("set_permissions", "-p", vhost, name, "^$",
                                                  f"^{harness.settings.bus.exchange.replace('.', '[.]')}$", "^$")):
-            code, output = await _run(tool, "-q", *args)
+            code, output = await run(tool, "-q", *args)
             assert code == 0, f"rabbitmqctl {args[0]} {name}: {output}"
             if args[0] == "add_user":
                 made.append(name)
@@ -188,7 +158,7 @@ async def broker_users(harness: Harness) -> AsyncIterator[MakeUser]:
         yield make
     finally:
         for name in made:
-            await _run(tool, "-q", "delete_user", name)
+            await run(tool, "-q", "delete_user", name)
 
 
 async def send_as(h: Harness, user: str, type_: str, data: MessageData, *, subject: str,
