@@ -355,7 +355,8 @@ class Demo:
             "evidence": ["Order placed, requirements never submitted."]})
         await self.drive(PLAN["landing-page"])
         await self.request("landing-page", "tomas", {
-            "kind": "extension_request", "days": 3, "reason": "The pre-order widget needs the payment provider's approval."})
+            "kind": "extension_request", "days": 3,
+            "reason": "The pre-order widget needs the payment provider's approval."})
         await self.drive(PLAN["logo-extras"])
         await self.request("logo-extras", "maya", {
             "kind": "extra_offer", "description": "Two more concepts and a matching menu header.",
