@@ -7,6 +7,7 @@
     rescenter docs [--check]           write (or check) docs/openapi.json and docs/asyncapi.json
     rescenter token SUB ROLE...        mint a development token with the configured secret
     rescenter check-config             validate the configuration and print it
+    rescenter demo [--url URL]         load a small demo data set through a running service's API
     rescenter PLUGIN COMMAND ...       a command a plugin declares (hook `register_commands`),
                                        e.g. `rescenter metrics rebuild`
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from core.plugins import PluginRegistry
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-CORE_COMMANDS = frozenset({"run", "plugins", "docs", "token", "check-config"})
+CORE_COMMANDS = frozenset({"run", "plugins", "docs", "token", "check-config", "demo"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("roles", nargs="+")
     token.add_argument("--ttl", type=int, default=3600)
     sub.add_parser("check-config", help="validate the configuration")
+    demo = sub.add_parser("demo", help="load a demo data set through a running service's HTTP API",
+                          description="Load a small, realistic data set through the HTTP API of a running "
+                                      "service; running it again adds nothing (core/demo.py).")
+    demo.add_argument("--url", default=os.environ.get("RESCENTER_URL") or "http://127.0.0.1:8080",
+                      help="the service's base URL (default: $RESCENTER_URL, else http://127.0.0.1:8080)")
     try:
         settings: Settings | None = load_settings()
         settings_error = None
@@ -78,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(settings.model_dump_json(indent=2, exclude={"auth": {"secret"}}))
         return 0
+    if args.command == "demo":
+        return asyncio.run(_demo(settings, args.url))
     if args.command in plugin_commands:
         return asyncio.run(_plugin_command(settings, plugin_commands[args.command][args.plugin_command], args))
     return 2
@@ -128,6 +137,17 @@ async def _plugin_command(settings: Settings, command: Command, args: argparse.N
         return await command.run(CommandContext(settings=settings, store=store, clock=clock), args)
     finally:
         await store.close()
+
+
+async def _demo(settings: Settings, url: str) -> int:
+    from core.demo import DemoError, load
+
+    try:
+        await load(settings, url)
+    except DemoError as exc:
+        print(f"rescenter demo: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def _run(settings: Settings) -> int:
