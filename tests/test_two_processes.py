@@ -49,8 +49,8 @@ from tests.harness import ORDER, Client, Harness
 from tests.support import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
-#: the console script of the venv running the tests (.venv/bin/rescenter)
-RESCENTER = Path(sys.executable).with_name("rescenter")
+#: `rescenter` from this checkout's code, whichever checkout the venv was installed from
+RESCENTER = (sys.executable, "-m", "core.cli")
 
 RACE = 40  # delivered orders that both processes are asked to accept (and revise) at once
 LATE = 12  # started, never delivered: `order.late` once each (ORD-2)
@@ -108,10 +108,9 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self, session: aiohttp.ClientSession, timeout: float = 30.0) -> None:
-        assert RESCENTER.exists(), f"{RESCENTER} is missing: install the project in the venv"
         with self.log.open("wb") as out:
             self.process = await asyncio.create_subprocess_exec(
-                str(RESCENTER), "--log-level", "INFO", "run",
+                *RESCENTER, "--log-level", "INFO", "run",
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=self.env, cwd=ROOT,
             )
         try:

@@ -165,6 +165,11 @@ class Reviews:
         if existing is not None:
             return self._again(existing, request_key)
         eligibility = await self._evaluate(order)
+        if eligibility.review_id is not None:
+            # Another request of the same buyer published it since our first look (REV-9).
+            existing = await self.repo.review(eligibility.review_id)
+            if existing is not None:
+                return self._again(existing, request_key)
         if not eligibility.eligible:
             first = eligibility.refusals[0]
             log.info("review refused", order_id=order_id, rules=[r.rule for r in eligibility.refusals])
