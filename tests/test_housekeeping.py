@@ -1,11 +1,14 @@
 """Housekeeping: finished deadlines are deleted after `scheduler.retention` (real
-time), a page at a time."""
+time), a page at a time; a killed test instance stops answering HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
+import pytest
 from pymongo import AsyncMongoClient
 
 from core.scheduler import CORE_OWNER, Deadline
@@ -81,3 +84,21 @@ async def test_finished_deadlines_are_deleted_a_bounded_page_at_a_time() -> None
         assert await scheduler.prune(in_a_month, page=2, pages=2) == 1
         assert await scheduler.prune(in_a_month, page=2, pages=2) == 0
         assert [d["_id"] async for d in scheduler.collection.find({})] == ["hk-9"]
+
+
+async def test_a_killed_instance_no_longer_answers_http() -> None:
+    async with Harness() as h:
+        service = await h.start_instance()
+        url = f"http://127.0.0.1:{service.port}/healthz"
+        async with aiohttp.ClientSession() as session:  # keeps its connection open between requests
+            async with session.get(url) as response:
+                assert response.status == 200
+            await service.kill()
+            with pytest.raises(aiohttp.ClientConnectionError):
+                async with asyncio.timeout(5):
+                    async with session.get(url) as response:
+                        await response.read()
+        async with aiohttp.ClientSession() as fresh:
+            with pytest.raises(aiohttp.ClientConnectorError):  # nothing listens on the port
+                async with fresh.get(url) as response:
+                    await response.read()
