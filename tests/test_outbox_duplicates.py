@@ -4,7 +4,7 @@ one exchange publish each event once when nothing crashes.
 Delivery stays at least once (a crash between write and publish is published by
 the sweeper, tests/test_outbox.py), so consumers dedupe on the CloudEvents id;
 but with no fault at all, an id should not reach the exchange twice. It did:
-two instances gave dozens of repeated ids per 300 lifecycles, because the next
+two instances sent 21 to 34 ids twice per 300 lifecycles, because the next
 writer of an order (another instance) read the order while its event was being
 published and cleared, and wrote the entry back with its own change, then
 published it again. Each test below runs order lifecycles through the bus, every
@@ -37,7 +37,7 @@ from tests.test_two_processes import ROOT, ServiceProcess, metric, process_env
 
 LIFECYCLES = 300
 IN_FLIGHT = 50  # lifecycles running at once
-#: repeated ids tolerated without faults: about zero (before the fix: 8 to 34 in one process, more in two)
+#: repeated ids tolerated without faults: about zero (before the fix: 21 to 34 per run, one process or two)
 MAX_REPEATED = 2
 #: the default lease (config/defaults.toml); the harness shortens it to 1 s so that crash tests
 #: are quick, and a lease shorter than a flush under load hands live writes to the sweeper
