@@ -459,9 +459,9 @@ class OrderService:
             written = _changed(order, change, entries, message_id)
             self.outbox.append(written, effects)
             # The whole new document, written only if the order is still at the version it
-            # was decided on (a guarded upsert: core.batching), sharing a round trip with
-            # other orders' writes.
-            guard = {"_id": order_id, "_version": order.get("_version", 0)}
+            # was decided on, with the outbox as read (a guarded upsert: core.batching),
+            # sharing a round trip with other orders' writes.
+            guard = {"_id": order_id, "_version": order.get("_version", 0), **Outbox.guard(order)}
             if await self.batcher.write(ReplaceOne(guard, written, upsert=True)) is Outcome.CONFLICT:
                 continue  # someone else changed it first: decide again on the new state
             await self._flush_quietly(written)

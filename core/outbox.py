@@ -12,13 +12,25 @@ a change that was not stored.
 Effects are applied at least once, in document order; consumers are idempotent
 on the event id and deadline upserts on the deadline id. Entries are stored as
 JSON strings so that what we remove is byte-for-byte what we read.
+
+Without a fault each effect is applied once, even with several instances on one
+document. Each entry names the write that staged it (`writer`, a token) and
+when that writer's lease ends (`until`, real time). A writer applies its own
+entries and those whose lease ran out (their writer died); entries a live
+writer staged before it are that writer's to publish, so it waits until they
+are cleared, and its own go out after them, in document order. A writer that
+replaces the whole document adds `guard(doc)` to its filter: otherwise it could
+write back entries that another instance published and cleared after the read.
+The sweeper takes only documents whose every lease ran out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -64,6 +76,22 @@ def _real_now() -> datetime:
     return datetime.now(UTC)
 
 
+#: the write this task staged last: its flush knows its own entries by this token (a write
+#: that staged nothing owns none, and leaves every live writer's entries to that writer)
+_last_write: ContextVar[str | None] = ContextVar("rescenter_outbox_last_write", default=None)
+
+#: how often a writer looks whether the entries an earlier live writer staged are cleared
+#: (doubling from the first to the last)
+WAIT_STEPS = (0.005, 0.05)
+
+
+def _lease_end(entry: dict[str, str]) -> datetime:
+    """When the writer of an entry stops being trusted to apply it (entries written before
+    writers were named have no lease: anyone may apply them)."""
+    until = entry.get("until")
+    return datetime.fromisoformat(until) if until else datetime.min.replace(tzinfo=UTC)
+
+
 class Outbox:
     def __init__(
         self, store: Store, bus: Bus, scheduler: Scheduler, settings: OutboxSettings, metrics: Metrics
@@ -84,50 +112,91 @@ class Outbox:
         for name in self.collections:
             await self.store.collection(name).create_index("_outbox_due", sparse=True)
 
+    def _entries(self, effects: Iterable[Effect]) -> tuple[list[dict[str, str]], datetime]:
+        """The entries of one write, each naming that write and the end of its lease."""
+        due = _real_now() + self.settings.lease
+        writer = uuid.uuid4().hex[:16]
+        entries = [{**effect.entry(), "writer": writer, "until": due.isoformat()} for effect in effects]
+        _last_write.set(writer if entries else None)
+        return entries, due
+
     def stage(self, update: dict[str, Any], effects: Iterable[Effect]) -> dict[str, Any]:
         """Add `effects` to an update so they are stored with the change."""
-        entries = [effect.entry() for effect in effects]
+        entries, due = self._entries(effects)
         if not entries:
             return update
         update.setdefault("$push", {})["_outbox"] = {"$each": entries}
-        update.setdefault("$set", {})["_outbox_due"] = _real_now() + self.settings.lease
+        update.setdefault("$set", {})["_outbox_due"] = due
         return update
 
     def append(self, doc: dict[str, Any], effects: Iterable[Effect]) -> dict[str, Any]:
-        """Add `effects` to a whole document about to replace the stored one."""
-        entries = [effect.entry() for effect in effects]
+        """Add `effects` to a whole document about to replace the stored one (write it with
+        `guard(doc)` in the filter)."""
+        entries, due = self._entries(effects)
         if entries:
             doc["_outbox"] = [*doc.get("_outbox", []), *entries]
-            doc["_outbox_due"] = _real_now() + self.settings.lease
+            doc["_outbox_due"] = due
         return doc
 
     def initial(self, effects: Iterable[Effect]) -> dict[str, Any]:
         """Fields for a document inserted together with its effects."""
-        entries = [effect.entry() for effect in effects]
+        entries, due = self._entries(effects)
         fields: dict[str, Any] = {"_outbox": entries}
         if entries:
-            fields["_outbox_due"] = _real_now() + self.settings.lease
+            fields["_outbox_due"] = due
         return fields
 
+    @staticmethod
+    def guard(read: dict[str, Any]) -> dict[str, Any]:
+        """A filter that holds while the stored outbox is still the one in `read`.
+
+        A writer that replaces the whole document (built from `read`) adds it to its
+        guard: if another instance published and cleared its entries after the read,
+        the replacement would store them again and they would be published twice."""
+        return {"_outbox": read["_outbox"]} if "_outbox" in read else {"_outbox": {"$exists": False}}
+
     async def flush(self, collection: str, doc: dict[str, Any]) -> None:
-        """Apply the document's pending effects in order, then remove them."""
+        """Apply the pending effects of `doc` (as its writer just wrote it) in order, then
+        remove them. Those an earlier writer staged and still holds are left to it."""
         entries = doc.get("_outbox") or []
         if not entries:
             return
-        batcher = self.store.batcher(collection)
+        entries = await self._after_earlier_writers(collection, doc["_id"], entries, _last_write.get())
+        if not entries:
+            return
         async with self._locks.hold(f"{collection}/{doc['_id']}"):
-            await self._apply_all(entries)
-            # Cleared only if the outbox still holds exactly what we applied (a guarded
-            # upsert: core.batching); it shares a round trip with other writers' clears.
-            cleared = await batcher.write(UpdateOne(
-                {"_id": doc["_id"], "_outbox": entries},
-                {"$set": {"_outbox": []}, "$unset": {"_outbox_due": ""}},
-                upsert=True,
-            ))
-            if cleared is Outcome.CONFLICT:
-                # More was appended meanwhile (or another instance finished first):
-                # remove ours; whoever appended, or the sweeper, applies the rest.
-                await batcher.write(UpdateOne({"_id": doc["_id"]}, {"$pullAll": {"_outbox": entries}}))
+            await self._apply_and_clear(collection, doc["_id"], entries)
+
+    async def _after_earlier_writers(self, collection: str, doc_id: Any, entries: list[dict[str, str]],
+                                     mine: str | None) -> list[dict[str, str]]:
+        """Wait until the entries that other live writers staged before ours (`mine`: the
+        token of this task's write) are cleared: they publish them, and ours must follow.
+        Return what is left for us to apply: ours, and theirs if their lease ran out first
+        (they died)."""
+        delay = WAIT_STEPS[0]
+        while any(e.get("writer") != mine and _lease_end(e) > _real_now() for e in entries):
+            stored = await self.store.batcher(collection).find_by_id(doc_id, {"_outbox": 1})
+            present = (stored or {}).get("_outbox") or []
+            entries = [e for e in entries if e in present]
+            if any(e.get("writer") != mine and _lease_end(e) > _real_now() for e in entries):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WAIT_STEPS[1])
+        return entries
+
+    async def _apply_and_clear(self, collection: str, doc_id: Any, entries: list[dict[str, str]]) -> None:
+        batcher = self.store.batcher(collection)
+        await self._apply_all(entries)
+        # Cleared only if the outbox still holds exactly what we applied (a guarded
+        # upsert: core.batching); it shares a round trip with other writers' clears.
+        cleared = await batcher.write(UpdateOne(
+            {"_id": doc_id, "_outbox": entries},
+            {"$set": {"_outbox": []}, "$unset": {"_outbox_due": ""}},
+            upsert=True,
+        ))
+        if cleared is Outcome.CONFLICT:
+            # More was appended meanwhile (or another instance finished first):
+            # remove ours; whoever appended, or the sweeper, applies the rest.
+            await batcher.write(UpdateOne({"_id": doc_id}, {"$pullAll": {"_outbox": entries}}))
 
     async def _apply_all(self, entries: list[dict[str, str]]) -> None:
         """Apply in document order. A run of deadline changes, each on a different
@@ -164,22 +233,25 @@ class Outbox:
             # Read the ids first, then claim each: no cursor stays open across the writes.
             stale_docs = await col.find({"_outbox_due": {"$lte": now}}, {"_id": 1}).limit(limit).to_list()
             for stale in stale_docs:
-                claimed = await col.find_one_and_update(
-                    {"_id": stale["_id"], "_outbox_due": {"$lte": now}},
-                    {"$set": {"_outbox_due": now + self.settings.lease}},
-                    return_document=True,
-                )
-                if claimed is None:
-                    continue  # another instance took it
-                if claimed.get("_outbox"):
-                    await self.flush(name, claimed)
-                    self.metrics.outbox_swept.inc()
-                    log.info("swept pending effects", collection=name, doc_id=str(stale["_id"]),
-                             effects=len(claimed["_outbox"]))
-                else:
-                    await col.update_one(
-                        {"_id": stale["_id"], "_outbox": {"$size": 0}}, {"$unset": {"_outbox_due": ""}}
+                # Claimed under this process's lock on the document: a writer of ours still
+                # flushing it (past its lease) finishes first, and we read what it left.
+                async with self._locks.hold(f"{name}/{stale['_id']}"):
+                    claimed = await col.find_one_and_update(
+                        {"_id": stale["_id"], "_outbox_due": {"$lte": now}},
+                        {"$set": {"_outbox_due": now + self.settings.lease}},
+                        return_document=True,
                     )
+                    if claimed is None:
+                        continue  # another instance took it, or a writer cleared it
+                    if claimed.get("_outbox"):
+                        await self._apply_and_clear(name, stale["_id"], claimed["_outbox"])
+                        self.metrics.outbox_swept.inc()
+                        log.info("swept pending effects", collection=name, doc_id=str(stale["_id"]),
+                                 effects=len(claimed["_outbox"]))
+                    else:
+                        await col.update_one(
+                            {"_id": stale["_id"], "_outbox": {"$size": 0}}, {"$unset": {"_outbox_due": ""}}
+                        )
                 handled += 1
         return handled
 

@@ -10,6 +10,11 @@ happens exactly once. Deadlines of a disabled plugin wait until it is back.
 Business time comes from the service clock. With the test clock, `advance`
 walks the deadlines due in the skipped time one instant at a time, in order,
 including those that firing creates inside the window.
+
+A finished deadline (done, cancelled, failed) keeps `finished_at`, in real
+time; each instance deletes those older than `scheduler.retention` every
+`scheduler.prune_interval`, a page of ids at a time, so the collection holds
+what is pending plus the recent past.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ log = structlog.get_logger("rescenter.scheduler")
 CORE_OWNER = "core"
 MAX_ATTEMPTS = 5
 CLAIM_BATCH = 20  # candidates tried per pass when other instances take the first ones
+FINISHED = ("done", "cancelled", "failed")
+PRUNE_PAGE = 500  # finished deadlines deleted per round trip
+PRUNE_PAGES = 20  # pages per pass at most: a backlog is spread over passes
 
 
 class Deadline(BaseModel):
@@ -72,6 +80,7 @@ class Scheduler:
         self.active_owners = active_owners
         self.handlers: dict[tuple[str, str], DeadlineHandler] = {}
         self._task: asyncio.Task[None] | None = None
+        self._prune_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._advancing = asyncio.Lock()
         #: the earliest pending due instant this instance knows of (None: none known)
@@ -83,6 +92,7 @@ class Scheduler:
     async def create_indexes(self) -> None:
         await self.collection.create_index([("state", ASCENDING), ("due_at", ASCENDING)])
         await self.collection.create_index([("subject", ASCENDING)])
+        await self.collection.create_index([("finished_at", ASCENDING)], sparse=True)
 
     async def schedule(self, deadline: Deadline) -> None:
         """Idempotent: a deadline id is scheduled once; a fired one is not revived."""
@@ -110,7 +120,7 @@ class Scheduler:
         """A pending deadline will not fire; one already fired or cancelled stays as it is."""
         await self.batcher.write(UpdateOne(
             {"_id": deadline_id, "state": "pending"},
-            {"$set": {"state": "cancelled", "cancelled_at": self.clock.now()}},
+            {"$set": {"state": "cancelled", "cancelled_at": self.clock.now(), "finished_at": _real_now()}},
         ))
 
     async def get(self, deadline_id: str) -> dict[str, Any] | None:
@@ -197,7 +207,7 @@ class Scheduler:
     async def _finish(self, deadline: Deadline, state: str, **fields: Any) -> None:
         await self.collection.update_one(
             {"_id": deadline.id, "claimed_by": self.instance},
-            {"$set": {"state": state, "fired_at": self.clock.now(), **fields}},
+            {"$set": {"state": state, "fired_at": self.clock.now(), "finished_at": _real_now(), **fields}},
         )
 
     async def fire_due(self) -> int:
@@ -231,11 +241,49 @@ class Scheduler:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="scheduler")
+        self._prune_task = asyncio.create_task(self._prune_forever(), name="scheduler-prune")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [task for task in (self._task, self._prune_task) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------ housekeeping
+
+    async def prune(self, finished_before: datetime, *, page: int = PRUNE_PAGE, pages: int = PRUNE_PAGES) -> int:
+        """Delete deadlines finished before `finished_before` (real time), `page` ids per
+        round trip and at most `pages` pages; returns how many were deleted."""
+        deleted = 0
+        for _ in range(pages):
+            old = {"finished_at": {"$lte": finished_before}}
+            ids = [doc["_id"] for doc in await self.collection.find(old, {"_id": 1})
+                   .sort("finished_at", ASCENDING).limit(page).to_list()]
+            if not ids:
+                break
+            result = await self.collection.delete_many({"_id": {"$in": ids}, **old})
+            deleted += result.deleted_count
+            if len(ids) < page:
+                break
+        return deleted
+
+    async def _prune_forever(self) -> None:
+        try:  # deadlines finished before `finished_at` existed are dated now: pruned a retention from here
+            await self.collection.update_many({"state": {"$in": list(FINISHED)}, "finished_at": {"$exists": False}},
+                                              {"$set": {"finished_at": _real_now()}})
+        except Exception as exc:
+            log.warning("could not date the finished deadlines of an older release", error=repr(exc))
+        while True:
+            await asyncio.sleep(self.settings.prune_interval.total_seconds())
+            try:
+                pruned = await self.prune(_real_now() - self.settings.retention)
+                if pruned:
+                    log.info("finished deadlines deleted", count=pruned,
+                             retention=self.settings.retention.total_seconds())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("could not delete finished deadlines; will retry", error=repr(exc))
 
     # ------------------------------------------------------------ test clock
 

@@ -168,7 +168,13 @@ class Service:
         """Drop everything at once, as a crashed process would (for tests)."""
         services = self.services
         if self._runner is not None:
-            await self._runner.shutdown()
+            # The port stops listening and open connections drop, requests in flight included
+            # (`stop()` still releases the rest).
+            for site in list(self._runner.sites):
+                await site.stop()
+            if self._runner.server is not None:
+                for connection in self._runner.server.connections:
+                    connection.force_close()
         if services is None:
             return
         for stoppable in (services.plugins, services.scheduler, services.outbox, self.idempotency):

@@ -121,6 +121,8 @@ class SchedulerSettings(_Section):
     poll_interval: Duration = timedelta(seconds=0.5)
     scan_interval: Duration = timedelta(seconds=5)
     lease: Duration = timedelta(seconds=30)
+    retention: Duration = Field(timedelta(days=30), gt=timedelta(0))  # real time, finished deadlines
+    prune_interval: Duration = Field(timedelta(minutes=10), gt=timedelta(0))
 
 
 class OutboxSettings(_Section):

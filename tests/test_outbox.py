@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from datetime import datetime
 from typing import Any
 
 import pytest
+from pymongo import ReturnDocument
 from pymongo.errors import PyMongoError
 
+from core.clock import utcnow
+from core.messages import Actor, Envelope, PluginSwitched, make_envelope
+from core.outbox import Effect
 from tests.harness import ORDER, Harness
 
 
@@ -146,3 +151,121 @@ async def test_ORD_6_concurrent_commands_on_one_order_change_it_once(instances: 
             timeline = (await buyers[0].get(f"/orders/{order_id}/timeline", expect=200))["entries"]
             assert [e["type"] for e in timeline].count("order.completed") == 1
             assert [e["seq"] for e in timeline] == list(range(len(timeline)))
+
+
+# ---------------------------------------------------------------- no event twice without a fault
+
+SCRATCH = "outbox_scratch"  # a collection of this test's own, written the way plugins write theirs
+
+
+def _switched(n: int) -> Envelope:
+    """An event nobody consumes (instances poll the plugin states): only the tap sees it."""
+    return make_envelope("plugin.switched", PluginSwitched(plugin=f"scratch-{n}", enabled=True,
+                                                           actor=Actor(id="tests", role="admin")),
+                         subject=f"plugin:scratch-{n}", time=utcnow())
+
+
+async def _stage(service: Any, event: Envelope | None) -> dict[str, Any]:
+    """One writer's change to the scratch document, with its event, as `update_guarded` does it."""
+    outbox = service.services.outbox
+    effects = [Effect.publish(event)] if event else []
+    return await service.services.store.collection(SCRATCH).find_one_and_update(
+        {"_id": "doc"}, outbox.stage({"$inc": {"_version": 1}}, effects),
+        return_document=ReturnDocument.AFTER)
+
+
+async def test_ORD_6_a_writer_leaves_a_live_writers_events_to_it_and_publishes_its_own_after_them() -> None:
+    """Two instances change one document in turn; the second reads the first's event still
+    pending. Before: it published that event too (a duplicate on every such race)."""
+    async with Harness() as h:
+        a, b = await h.start_instance(), await h.start_instance()
+        assert a.services is not None and b.services is not None
+        for service in (a, b):
+            service.services.outbox.register(SCRATCH)
+        await a.services.store.collection(SCRATCH).insert_one({"_id": "doc", "_version": 0, "_outbox": []})
+
+        # A writes e1 and is slow to publish it.
+        reached, released = asyncio.Event(), asyncio.Event()
+        real_publish = a.services.bus.publish
+
+        async def slow_publish(envelope: Any, **kwargs: Any) -> None:
+            reached.set()
+            await released.wait()
+            await real_publish(envelope, **kwargs)
+
+        a.services.bus.publish = slow_publish  # type: ignore[method-assign]
+        e1, e2 = _switched(1), _switched(2)
+        flush_a = asyncio.create_task(a.services.outbox.flush(SCRATCH, await _stage(a, e1)))
+        await asyncio.wait_for(reached.wait(), 5)
+
+        # B writes e2 meanwhile: the document B gets back holds e1 too.
+        written_b = await _stage(b, e2)
+        assert [e["id"] for e in written_b["_outbox"]] == [e1.id, e2.id]
+        flush_b = asyncio.create_task(b.services.outbox.flush(SCRATCH, written_b))
+        await asyncio.sleep(0.3)
+        assert [m.id for m in h.probe.messages] == []  # B neither repeats e1 nor overtakes it
+
+        released.set()
+        await asyncio.wait_for(asyncio.gather(flush_a, flush_b), 5)
+        await h.probe.settle(0.3)
+        assert [m.id for m in h.probe.messages] == [e1.id, e2.id]
+        stored = await a.services.store.collection(SCRATCH).find_one({"_id": "doc"})
+        assert stored["_outbox"] == [] and "_outbox_due" not in stored
+
+        # A write that stages nothing (a redelivery remembered, say) publishes nothing of A's.
+        a.services.bus.publish = slow_publish  # type: ignore[method-assign]
+        reached.clear()
+        released.clear()
+        e5 = _switched(5)
+        flush_a = asyncio.create_task(a.services.outbox.flush(SCRATCH, await _stage(a, e5)))
+        await asyncio.wait_for(reached.wait(), 5)
+        written_b = await _stage(b, None)
+        assert [e["id"] for e in written_b["_outbox"]] == [e5.id]
+        flush_b = asyncio.create_task(b.services.outbox.flush(SCRATCH, written_b))
+        await asyncio.sleep(0.3)
+        released.set()
+        await asyncio.wait_for(asyncio.gather(flush_a, flush_b), 5)
+        await h.probe.settle(0.3)
+        assert [m.id for m in h.probe.messages] == [e1.id, e2.id, e5.id]
+
+        # At least once still: A writes e3 and dies before publishing; B's next write publishes
+        # e3 (once A's lease has run out: A might only be slow), then its own e4.
+        a.services.bus.publish = real_publish  # type: ignore[method-assign]
+        e3, e4 = _switched(3), _switched(4)
+        await _stage(a, e3)
+        await a.kill()
+        started = time.monotonic()
+        await asyncio.wait_for(b.services.outbox.flush(SCRATCH, await _stage(b, e4)), 5)
+        assert time.monotonic() - started >= h.settings.outbox.lease.total_seconds() - 0.1
+        await h.probe.settle(0.3)
+        print(f"events on the tap: {[m.subject for m in h.probe.messages]}")
+        assert [m.id for m in h.probe.messages] == [e1.id, e2.id, e5.id, e3.id, e4.id]
+
+
+async def test_ORD_6_the_sweeper_leaves_a_document_its_own_instance_is_still_flushing() -> None:
+    """A writer slower than its lease: the sweeper of the same instance used to claim the
+    document, wait for the writer, then publish what the writer had just published."""
+    async with Harness() as h:  # outbox lease 1 s, sweep every 0.2 s
+        a = await h.start_instance()
+        assert a.services is not None
+        a.services.outbox.register(SCRATCH)
+        await a.services.store.collection(SCRATCH).insert_one({"_id": "doc", "_version": 0, "_outbox": []})
+        real_publish = a.services.bus.publish
+        slow = h.settings.outbox.lease.total_seconds() + 0.6
+        calls = 0
+
+        async def first_publish_slow(envelope: Any, **kwargs: Any) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                await asyncio.sleep(slow)
+            await real_publish(envelope, **kwargs)
+
+        a.services.bus.publish = first_publish_slow  # type: ignore[method-assign]
+        event = _switched(1)
+        await a.services.outbox.flush(SCRATCH, await _stage(a, event))
+        await asyncio.sleep(0.6)  # a few more sweeps
+        await h.probe.settle(0.3)
+        assert [m.id for m in h.probe.messages] == [event.id]
+        assert calls == 1
+        assert (a.services.metrics.registry.get_sample_value("rescenter_outbox_swept_total") or 0) == 0
