@@ -371,16 +371,17 @@ def _errors(log: str) -> dict[str, int]:
     return found
 
 
-async def cleanup(url: str, store_url: str, database: str, exchange: str, prefix: str) -> None:
-    from pymongo import AsyncMongoClient
+async def cleanup(url: str, store_url: str | None, database: str, exchange: str, prefix: str) -> None:
+    if store_url is not None:
+        from pymongo import AsyncMongoClient
 
-    client: AsyncMongoClient[Any] = AsyncMongoClient(store_url)
-    await client.drop_database(database)
-    await client.close()
+        client: AsyncMongoClient[Any] = AsyncMongoClient(store_url)
+        await client.drop_database(database)
+        await client.close()
     await delete_topology(BusSettings(url=url, exchange=exchange, queue_prefix=prefix), GROUPS)
 
 
-async def run(args: argparse.Namespace, store_url: str, store_kind: str) -> None:
+async def run(args: argparse.Namespace, store_url: str, store_kind: str, *, private: bool) -> None:
     url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
     tag = uuid.uuid4().hex[:8]
     database, exchange, prefix = f"bench_{tag}", f"bench.{tag}.events", f"bench.{tag}"
@@ -398,6 +399,8 @@ async def run(args: argparse.Namespace, store_url: str, store_kind: str) -> None
                                cwd=ROOT, env=env, stdout=service_log, stderr=subprocess.STDOUT)
     store = Store(store_url, database)
     connector = aiohttp.TCPConnector(limit=args.connections)
+    results: list[Result] = []
+    rss_before = rss_after = float("nan")
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
             await wait_ready(port, process)
@@ -411,7 +414,6 @@ async def run(args: argparse.Namespace, store_url: str, store_kind: str) -> None
                   f"store: {store_kind}", flush=True)
             await check_seen(target, data)
             rss_before = rss_mb(process.pid)
-            results = []
             for query in queries(data):
                 if args.only and query.key not in args.only:
                     continue
@@ -427,11 +429,19 @@ async def run(args: argparse.Namespace, store_url: str, store_kind: str) -> None
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
-        await cleanup(url, store_url, database, exchange, prefix)
         service_log.seek(0)
         service_errors = _errors(service_log.read().decode(errors="replace"))
         service_log.close()
+        report(args, results, rss_before, rss_after, service_errors)
+        try:
+            # A private store goes with its folder; a shared one loses the database.
+            await cleanup(url, None if private else store_url, database, exchange, prefix)
+        except Exception as exc:  # the figures are printed: say what is left behind
+            print(f"cleanup failed ({exc!r}): database {database}, exchange {exchange}, queues {prefix}.* remain")
 
+
+def report(args: argparse.Namespace, results: list[Result], rss_before: float, rss_after: float,
+           service_errors: dict[str, int]) -> None:
     print(f"\n{args.orders} orders stored, each query offered at {args.rate:g}/s "
           f"({args.requests} requests or {args.seconds:g} s at most), over loopback")
     print(f"{'query':<22}{'offered':>9}{'served':>8}{'served/s':>10}{'p50 ms':>10}{'p99 ms':>10}  errors")
@@ -464,7 +474,7 @@ async def main() -> None:
     args = parser.parse_args()
     configure_logging("WARNING", json=False)
     if args.store_url:
-        await run(args, args.store_url, args.store_url)
+        await run(args, args.store_url, args.store_url, private=False)
         return
     if launcher() is None:
         raise SystemExit("no embedded-store launcher on PATH (scripts/install builds it); or give --store-url")
@@ -472,9 +482,10 @@ async def main() -> None:
         server = EmbeddedStore(Path(folder) / "bench.mv.db")
         await server.start()
         try:
-            await run(args, server.url, "private embedded store (mongo-java-server on H2, commit per write)")
+            await run(args, server.url, "private embedded store (mongo-java-server on H2, commit per write)",
+                      private=True)
         finally:
-            await server.stop()
+            await server.kill()  # its data goes with the folder: no need to wait for a clean close
 
 
 if __name__ == "__main__":
