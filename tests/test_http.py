@@ -113,7 +113,7 @@ async def test_auth_a_good_token_passes(shared: tuple[Harness, Service]) -> None
     """The counterpart of the refusals above: the same claims, correctly signed, work."""
     h, service = shared
     client = as_client(h, service, _signed(h, _claims(h, sub="buyer-good")))
-    assert (await client.get("/orders", expect=200)) == {"orders": []}
+    assert (await client.get("/orders", expect=200)) == {"orders": [], "next_cursor": None}
 
 
 async def test_auth_a_seller_token_on_a_buyer_route_is_403(shared: tuple[Harness, Service]) -> None:
@@ -121,7 +121,7 @@ async def test_auth_a_seller_token_on_a_buyer_route_is_403(shared: tuple[Harness
     seller = h.client(service, "seller-9", "seller")
     body = await seller.post("/orders", ORDER)
     assert "buyer" in problem(seller, body, 403)["detail"]
-    assert (await seller.get("/orders?as=seller", expect=200)) == {"orders": []}
+    assert (await seller.get("/orders?as=seller", expect=200)) == {"orders": [], "next_cursor": None}
 
 
 # ---------------------------------------------------------------- who sees what
@@ -143,7 +143,7 @@ async def test_visibility_a_buyer_cannot_read_another_buyers_order_or_timeline()
                 assert secret not in json.dumps(hidden)
         # Nor can the stranger act on it, or find it in a list.
         problem(stranger, await stranger.post(f"/orders/{order_id}/requirements", {"requirements": "x"}), 404)
-        assert (await stranger.get("/orders", expect=200)) == {"orders": []}
+        assert (await stranger.get("/orders", expect=200)) == {"orders": [], "next_cursor": None}
         assert (await buyer.get(f"/orders/{order_id}", expect=200))["state"] == "awaiting_requirements"
 
 
@@ -237,7 +237,7 @@ async def test_strict_body_an_integer_is_a_JSON_integer() -> None:
         for value in ("3", 3.0, True, "3 days"):
             refused = problem(buyer, await buyer.post("/orders", {**ORDER, "delivery_days": value}), 422)
             assert refused["errors"][0]["field"] == "delivery_days", value
-        assert (await buyer.get("/orders", expect=200)) == {"orders": []}
+        assert (await buyer.get("/orders", expect=200)) == {"orders": [], "next_cursor": None}
 
 
 async def test_strict_body_an_amount_is_ASCII_digits_with_at_most_two_decimals_on_core_and_plugin_routes() -> None:
@@ -252,7 +252,7 @@ async def test_strict_body_an_amount_is_ASCII_digits_with_at_most_two_decimals_o
             body = await buyer.post("/orders", {**ORDER, "price": {"amount": amount, "currency": "EUR"}})
             refused = problem(buyer, body, 422)
             assert refused["errors"][0]["field"] == "price.amount", amount
-        assert (await buyer.get("/orders", expect=200)) == {"orders": []}
+        assert (await buyer.get("/orders", expect=200)) == {"orders": [], "next_cursor": None}
 
         placed = [await place(buyer, price={"amount": amount, "currency": "EUR"}) for amount in ("59.99", "10", "10.5")]
         # Accepted as given, shown as the API shows every amount: two decimal places.
@@ -426,7 +426,7 @@ async def test_ORD_5_a_plugin_veto_refuses_the_order_with_its_reason_and_stores_
         refused = problem(buyer, body, 409, rule="ORD-5", plugin=PROBE_NAME, plugin_rule="PROBE-1",
                           gig_id="vetoed-gig")
         assert refused["detail"] == "This gig does not take orders in tests."
-        assert (await buyer.get("/orders", expect=200)) == {"orders": []}
+        assert (await buyer.get("/orders", expect=200)) == {"orders": [], "next_cursor": None}
 
         accepted = await place(buyer, gig_id="gig-2")
         assert [o["id"] for o in (await buyer.get("/orders", expect=200))["orders"]] == [accepted["id"]]
@@ -513,7 +513,7 @@ async def test_idempotency_key_longer_than_200_characters_is_422(shared: tuple[H
     buyer = h.client(service, "buyer-key", "buyer")
     body = await buyer.post("/orders", ORDER, headers={"Idempotency-Key": "k" * 201})
     problem(buyer, body, 422)
-    assert (await buyer.get("/orders", expect=200)) == {"orders": []}
+    assert (await buyer.get("/orders", expect=200)) == {"orders": [], "next_cursor": None}
 
 
 # ---------------------------------------------------------------- system routes

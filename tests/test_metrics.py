@@ -24,6 +24,7 @@ from typing import Any
 
 import aio_pika
 import pytest_asyncio
+from pymongo.asynchronous.collection import AsyncCollection
 
 from core.messages import (
     Actor,
@@ -671,3 +672,85 @@ async def test_MET_1_to_MET_4_rebuilding_from_the_event_log_gives_the_live_figur
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert f"{seller_id}: rebuilt 1 orders" in rebuilt.stdout and ", 1 rebuilt" in rebuilt.stdout
     assert await figures(seller, seller_id) == live
+
+
+# ---------------------------------------------------------------- the seller's read model
+
+
+class RecordingCollection:
+    """A collection that notes the filter of every `find` before passing it on."""
+
+    def __init__(self, collection: Any, filters: list[dict[str, Any]]) -> None:
+        self.collection = collection
+        self.filters = filters
+
+    def find(self, filter: dict[str, Any], *args: Any, **kwargs: Any) -> Any:  # noqa: A002
+        self.filters.append(filter)
+        return self.collection.find(filter, *args, **kwargs)
+
+
+async def test_MET_1_live_figures_read_the_sellers_recent_orders_by_key_never_a_scan(world: World) -> None:
+    """The live figures find the seller's orders through its months (`metrics_sellers`), then
+    read those orders by `_id`: no filter on anything else, so a store that uses only its
+    `_id` index (the embedded one) reads the window's orders, not every stored order."""
+    from plugins.metrics.repository import MetricsRepository
+
+    w = world
+    seller_id, other_seller = unique("seller-by-key"), unique("seller-other")
+    total = 48
+    already = consumed_by_metrics(w.service)
+    sent = await publish_history(w, seller_id, total) + await publish_history(w, other_seller, 16)
+    await eventually(lambda: consumed_by_metrics(w.service) >= already + sent, timeout=60, interval=0.2,
+                     what=f"the {sent} events handled")
+    assert w.service.services is not None
+    store = w.service.services.store
+    at, window = await now(w), w.service.services.settings.policy.metrics.completion_window
+
+    repository = MetricsRepository(store)
+    filters: list[dict[str, Any]] = []
+    for name, value in list(vars(repository).items()):
+        if isinstance(value, AsyncCollection):
+            setattr(repository, name, RecordingCollection(value, filters))
+    read = await repository.live_orders(seller_id, at, window)
+
+    assert filters and all(list(f) == ["_id"] and list(f["_id"]) == ["$in"] for f in filters), filters
+    # The same orders as a scan of the projection would give: the seller's, with a fact in the window.
+    scanned = await store.collection("metrics_orders").find(
+        {"seller_id": seller_id, "last_at": {"$gt": at - window}}).to_list()
+    assert sorted(read) == sorted(d["_id"] for d in scanned) and 0 < len(read) < total
+    asked = [key for f in filters for key in f["_id"]["$in"]]
+    month_ids = [key for key in asked if "|" in key]
+    # The months of the window (60 days touch 3 of them), this seller's only ...
+    assert 2 <= len(month_ids) <= 3 and all(key.startswith(f"{seller_id}|") for key in month_ids)
+    # ... and of the orders, only the window's.
+    assert sorted(key for key in asked if "|" not in key) == sorted(read)
+    months = await store.collection("metrics_sellers").find({"seller_id": seller_id}).to_list()
+    assert months and all(m["_id"] == f"{seller_id}|{m['month']}" for m in months)
+
+
+async def test_MET_1_rebuild_fills_the_sellers_months_the_live_figures_read(world: World) -> None:
+    """Lost (or never written, before an upgrade) entries of the seller's months hide orders from
+    the live figures; `rescenter metrics rebuild` finds them in the event log and puts them back."""
+    w = world
+    seller_id = unique("seller-months")
+    seller = w.seller(seller_id)
+    already = consumed_by_metrics(w.service)
+    sent = await publish_history(w, seller_id, 40)
+    await eventually(lambda: consumed_by_metrics(w.service) >= already + sent, timeout=60, interval=0.2,
+                     what=f"the {sent} events handled")
+    live = await figures(seller, seller_id)
+    assert live["completion_rate"]["orders"]
+    assert w.service.services is not None
+    months = w.service.services.store.collection("metrics_sellers")
+    await months.delete_many({"seller_id": seller_id})
+    emptied = await figures(seller, seller_id)
+    assert emptied["completion_rate"]["orders"] == [] and emptied["completion_rate"]["percent"] is None
+
+    checked = await asyncio.to_thread(rescenter, w, "metrics", "rebuild", "--check", "--seller", seller_id)
+    assert checked.returncode == 1 and f"month {seller_id}|" in checked.stdout and "missing" in checked.stdout
+    rebuilt = await asyncio.to_thread(rescenter, w, "metrics", "rebuild", "--seller", seller_id)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert f"{seller_id}: rebuilt" in rebuilt.stdout and "month entries" in rebuilt.stdout
+    assert await figures(seller, seller_id) == live
+    again = await asyncio.to_thread(rescenter, w, "metrics", "rebuild", "--check", "--seller", seller_id)
+    assert again.returncode == 0 and f"{seller_id}: same" in again.stdout

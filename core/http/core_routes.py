@@ -25,8 +25,10 @@ from core.http.responses import (
     Ready,
     Timeline,
 )
-from core.http.routes import Body, Call, Route
+from core.http.routes import Body, Call, QueryParam, Route
 from core.messages import Money, PlaceOrder, asyncapi_document, new_id
+from core.order_pages import DEFAULT_LIMIT, MAX_LIMIT, Position, order_page, page_limit
+from core.orders import COLLECTION as ORDERS
 from core.orders import public_view
 from core.settings import Duration
 
@@ -139,11 +141,16 @@ async def get_timeline(call: Call) -> dict[str, Any]:
 
 
 async def list_orders(call: Call) -> dict[str, Any]:
-    role = call.request.query.get("as", "buyer")
+    query = call.request.query
+    role = query.get("as", "buyer")
     if role not in ("buyer", "seller"):
-        raise InvalidInput("'as' must be buyer or seller")
-    orders = await call.services.orders.list_for(call.actor(role), role=role)
-    return {"orders": [public_view(o) for o in orders]}
+        raise InvalidInput("'as' must be buyer or seller", field="as")
+    limit = page_limit(query.get("limit"))
+    after = Position.of_cursor(query["cursor"], role) if "cursor" in query else None
+    page = await order_page(call.services.store.collection(ORDERS), role, call.actor(role).id, limit=limit,
+                            after=after)
+    return {"orders": [public_view(o) for o in page.orders],
+            "next_cursor": page.next.cursor() if page.next is not None else None}
 
 
 async def submit_requirements(call: Call) -> dict[str, Any]:
@@ -266,14 +273,28 @@ async def asyncapi(call: Call) -> dict[str, Any]:
     return asyncapi_document(services.catalogue, topology(services.settings.bus, bindings))
 
 
+LIST_QUERY = (
+    QueryParam("as", {"type": "string", "enum": ["buyer", "seller"], "default": "buyer"},
+               "Whose orders: those the caller placed (buyer) or sells (seller)."),
+    QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+               f"Orders per page, 1 to {MAX_LIMIT}."),
+    QueryParam("cursor", {"type": "string"},
+               "Where the page starts: the `next_cursor` of the previous page, as it came (opaque). Absent: "
+               "the newest orders. Orders placed while a client pages neither shift the next pages nor make "
+               "an order appear twice."),
+)
+
+
 def core_routes() -> list[Route]:
     order = ("orders",)
     return [
         Route("POST", "/orders", place_order, "Place an order; every enabled plugin is asked first.",
               roles=frozenset({"buyer", "support", "admin", "service"}), body=PlaceOrderBody, response=Order, status=201,
               rules=("ORD-1", "ORD-5"), tags=order),
-        Route("GET", "/orders", list_orders, "The caller's orders, newest first (?as=buyer|seller).",
-              response=OrderList, tags=order, query=("as",)),
+        Route("GET", "/orders", list_orders,
+              "The caller's orders as buyer or seller, newest first, a page at a time: pass the answer's "
+              "`next_cursor` as `cursor` for the next page (null: no more).",
+              response=OrderList, tags=order, query=LIST_QUERY),
         Route("GET", "/orders/{order_id}", get_order, "One order; only its parties and staff see it.",
               response=Order, tags=order, rules=("ORD-1",)),
         Route("GET", "/orders/{order_id}/timeline", get_timeline,

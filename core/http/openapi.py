@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from core.http.responses import Problem
-from core.http.routes import Route
+from core.http.routes import QueryParam, Route
 
 REF = "#/components/schemas/{model}"
 PROBLEM_TYPE = "application/problem+json"
@@ -88,6 +88,15 @@ def implied_problems(route: Route) -> dict[str, str]:
     return problems
 
 
+def _query_parameter(param: str | QueryParam) -> dict[str, Any]:
+    if isinstance(param, str):
+        param = QueryParam(param)
+    described: dict[str, Any] = {"name": param.name, "in": "query", "required": False, "schema": param.schema}
+    if param.description:
+        described["description"] = param.description
+    return described
+
+
 def _problem(description: str) -> dict[str, Any]:
     return {"description": description,
             "content": {PROBLEM_TYPE: {"schema": {"$ref": REF.format(model="Problem")}}}}
@@ -145,7 +154,7 @@ def openapi_document(routes: list[Route]) -> dict[str, Any]:
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
             for name in re.findall(r"{(\w+)}", route.path)
         ]
-        parameters += [{"name": q, "in": "query", "required": False, "schema": {"type": "string"}} for q in route.query]
+        parameters += [_query_parameter(q) for q in route.query]
         if route.method in ("POST", "PUT", "PATCH") and route.roles is not None:
             parameters.append({
                 "name": "Idempotency-Key", "in": "header", "required": False,

@@ -93,7 +93,12 @@ class Order(View):
 
 
 class OrderList(View):
-    orders: list[Order] = Field(description="Newest first, at most 50.")
+    """One page of the caller's orders, newest first; `next_cursor` leads to the next one."""
+
+    orders: list[Order] = Field(description="Newest first (by `placed_at`, then `id`), at most `limit`; "
+                                            "without the timeline (`GET /orders/{order_id}/timeline`).")
+    next_cursor: str | None = Field(description="Pass it as `cursor` for the next page; null: this page is the "
+                                                "last.")
 
 
 class TimelineEntry(View):

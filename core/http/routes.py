@@ -29,6 +29,16 @@ SUPPORT = frozenset({"support", "admin"})
 SELLER_OR_SUPPORT = frozenset({"seller"}) | SUPPORT
 
 
+@dataclass(frozen=True)
+class QueryParam:
+    """A query parameter as the OpenAPI document describes it (a bare name in `Route.query`
+    is an optional string); the handler still reads and checks it itself."""
+
+    name: str
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+    description: str | None = None
+
+
 class Body(BaseModel):
     """Base of request bodies: unknown fields are refused, values are strict (`parse_body`)."""
 
@@ -52,7 +62,7 @@ class Route:
     #: more OpenAPI responses, by status: a problem the declaration does not imply (see
     #: core.http.openapi), or a route's own description of one
     responses: dict[str, Any] = field(default_factory=dict)
-    query: tuple[str, ...] = ()
+    query: tuple[str | QueryParam, ...] = ()
     raw: bool = False  # the handler returns a web.Response itself
 
 

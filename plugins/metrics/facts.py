@@ -12,6 +12,17 @@ The live projection (`metrics_orders`) is one document per order (`_id` = order 
     reviews.<review>: review_id, rating, published_at, removed_at  (MET-4)
     last_at: the latest time of any fact (what a rolling window needs to read)
 
+The seller's read model (`metrics_sellers`) says which of a seller's orders have
+a fact in a given month, so that the live figures read only the orders of their
+window, by key, however many orders are stored. One document per seller and
+calendar month (UTC), `_id` = `<seller id>|<YYYY-MM>`:
+
+    seller_id, month,
+    orders.<order>: {order_id, at}    the latest fact time of the order in that month
+
+An event adds its order to the month of each of its fact times, with `$max`:
+like the facts, applying it twice or in any order gives the same document.
+
 Each event becomes assignments (`path: value`) that depend on that event alone,
 never on what is stored: applying them twice changes nothing (a redelivered
 event) and events applied in any order give the same document (the queue does
@@ -28,7 +39,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from plugins.metrics.messages import (
@@ -79,6 +90,18 @@ class Facts:
     assignments: dict[str, Any]
     #: the latest time among these facts (the order document's `last_at` is the maximum)
     latest: datetime
+    #: every time this event tells about (its own and its facts'): the months it indexes
+    times: tuple[datetime, ...] = ()
+
+    def months(self) -> dict[str, datetime]:
+        """The seller's months this event puts its order in, with its latest time in each."""
+        if not self.assignments:
+            return {}
+        found: dict[str, datetime] = {}
+        for time in self.times:
+            month = month_of(time)
+            found[month] = max(found.get(month, time), time)
+        return found
 
 
 def facts_of(event: LoggedEvent) -> Facts:
@@ -119,10 +142,11 @@ def facts_of(event: LoggedEvent) -> Facts:
                 "note": data.note, "by": data.actor.id}
         case _:  # pragma: no cover - read_facts knows every consumed type
             raise AssertionError(f"no facts for {event.type}")
-    latest = max([at, *_times(sets.values())])
+    times = (at, *_times(sets.values()))
     if sets:
         sets.update(order_id=data.order_id, seller_id=data.seller_id, buyer_id=data.buyer_id)
-    return Facts(seller_id=data.seller_id, order_id=data.order_id, assignments=sets, latest=latest)
+    return Facts(seller_id=data.seller_id, order_id=data.order_id, assignments=sets, latest=max(times),
+                 times=times)
 
 
 def _times(values: Iterable[Any]) -> list[datetime]:
@@ -151,6 +175,47 @@ def _request_facts(data: RequestAnsweredFacts | RequestExpiredFacts, at: datetim
     else:
         return {}
     return sets
+
+
+def month_of(time: datetime) -> str:
+    return time.astimezone(UTC).strftime("%Y-%m")
+
+
+def months_between(start: datetime, end: datetime) -> list[str]:
+    """Every calendar month (UTC) from the one holding `start` to the one holding `end`."""
+    year, month = start.astimezone(UTC).year, start.astimezone(UTC).month
+    last = month_of(end)
+    found = []
+    while (current := f"{year:04d}-{month:02d}") <= last:
+        found.append(current)
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return found
+
+
+def seller_month_id(seller_id: str, month: str) -> str:
+    """The `_id` of a seller's month in `metrics_sellers`. The month has a fixed length at the
+    end, so two different (seller, month) pairs never share an id, whatever a seller id holds."""
+    return f"{seller_id}|{month}"
+
+
+def index_entries(facts: Facts) -> dict[str, dict[str, dict[str, Any]]]:
+    """What an event adds to the seller's read model: for each of its months (by `_id`), the
+    order's entry {order key: {order_id, at}}, `at` its latest time there (written with `$max`)."""
+    key = field_key(facts.order_id)
+    return {seller_month_id(facts.seller_id, month): {key: {"order_id": facts.order_id, "at": latest}}
+            for month, latest in facts.months().items()}
+
+
+def fold_index(events: Iterable[LoggedEvent]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The read model the events give, in memory: {seller month id: {order key: {order_id, at}}}."""
+    index: dict[str, dict[str, dict[str, Any]]] = {}
+    for event in events:
+        for month_id, added in index_entries(facts_of(event)).items():
+            entries = index.setdefault(month_id, {})
+            for key, entry in added.items():
+                if key not in entries or entries[key]["at"] < entry["at"]:
+                    entries[key] = entry
+    return index
 
 
 def apply(orders: dict[str, dict[str, Any]], facts: Facts) -> None:

@@ -1,5 +1,8 @@
 """`rescenter metrics rebuild`: every seller's figures folded again from the event
-log, compared with the live ones, and the live ones replaced where they differ.
+log, compared with the live ones, and the live ones replaced where they differ;
+the seller's months (the read model the live figures find their orders with)
+get every entry the log gives them. Run it once after upgrading from a release
+without `metrics_sellers`: it fills them from the log.
 
 It runs beside the live service: a seller's document is replaced only if no
 event was recorded for it meanwhile (repository.MetricsRepository.rebuild).
@@ -36,7 +39,10 @@ def describe(result: Rebuilt, context: CommandContext) -> str:
                f"{'none' if rate is None else f'{rate} %'}; success score {'none' if score is None else score}")
     if result.same:
         return f"{result.seller_id}: same ({summary})"
-    state = f"rebuilt {len(result.repaired)} orders" if result.repaired else "DIFFERS"
+    repaired = [f"{len(result.repaired)} orders"] if result.repaired else []
+    if result.index_repaired:
+        repaired.append(f"{result.index_repaired} month entries")
+    state = f"rebuilt {' and '.join(repaired)}" if repaired else "DIFFERS"
     details = "\n".join(f"    {line}" for line in result.differences()[:20])
     return f"{result.seller_id}: {state} ({summary})\n{details}"
 
