@@ -148,15 +148,6 @@ class OrderService:
             raise NotFound(f"no order {order_id!r}", order_id=order_id)
         return order
 
-    async def list_for(self, actor: Actor, *, role: str, limit: int = 50) -> list[dict[str, Any]]:
-        field_name = "buyer_id" if role == "buyer" else "seller_id"
-        cursor = (
-            self.collection.find({field_name: actor.id}, {"_outbox": 0, "_applied": 0, "timeline": 0})
-            .sort("placed_at", DESCENDING)
-            .limit(limit)
-        )
-        return [doc async for doc in cursor]
-
     async def active_orders(self, seller_id: str, buyer_id: str | None = None) -> list[dict[str, Any]]:
         """The seller's orders that are not final (ORD-1), with one buyer when given:
         what a plugin may check before a change (BLK-2) without keeping a copy."""
