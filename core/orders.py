@@ -9,7 +9,6 @@ redelivery changes nothing twice.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -538,14 +537,18 @@ def _changed(order: dict[str, Any], change: Change, entries: list[dict[str, Any]
     """The order after `change`: its fields set (a dotted path sets a key of an embedded
     document, as MongoDB's `$set` does), its counters moved, the timeline entries added,
     the version bumped and the message remembered (`_applied`, the last APPLIED_KEEP)."""
-    new = copy.deepcopy(order)
+    # A new top-level document and a copy of each embedded document on a changed path; what
+    # does not change (the timeline, past deliveries) is shared with `order`, never changed.
+    new = dict(order)
     for path, value in change.set.items():
         *parents, leaf = path.split(".")
         target = new
         for name in parents:
-            target = target.setdefault(name, {})
-            if not isinstance(target, dict):
+            inner = target.get(name) or {}
+            if not isinstance(inner, dict):
                 raise TypeError(f"{path}: {name} is not an embedded document")
+            target[name] = inner = dict(inner)
+            target = inner
         target[leaf] = value
     for name, by in change.inc.items():
         new[name] = new.get(name, 0) + by
