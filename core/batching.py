@@ -138,7 +138,7 @@ class Batcher:
                         if not future.done():
                             # each caller gets its own copy: they may change what they read
                             doc = found.get(doc_id)
-                            future.set_result(_copy(doc) if len(futures) > 1 and doc is not None else doc)
+                            future.set_result(copy.deepcopy(doc) if len(futures) > 1 else doc)
         finally:
             self._reading = None
 
@@ -147,10 +147,6 @@ def _fail_all(batch: list[tuple[WriteOp, asyncio.Future[Outcome]]], exc: BaseExc
     for _, future in batch:
         if not future.done():
             future.set_exception(exc)
-
-
-def _copy(doc: dict[str, Any]) -> dict[str, Any]:
-    return copy.deepcopy(doc)
 
 
 __all__ = ["Batcher", "Outcome", "WriteOp"]
