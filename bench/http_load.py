@@ -56,7 +56,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.throughput import counters, free_port, percentile, wait_ready  # noqa: E402
+from bench.throughput import counters, isolated_service, percentile, wait_ready  # noqa: E402
 from core.bus import delete_topology  # noqa: E402
 from core.http.auth import issue_token  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
@@ -383,16 +383,9 @@ async def cleanup(url: str, store_url: str | None, database: str, exchange: str,
 
 async def run(args: argparse.Namespace, store_url: str, store_kind: str, *, private: bool) -> None:
     url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
-    tag = uuid.uuid4().hex[:8]
-    database, exchange, prefix = f"bench_{tag}", f"bench.{tag}.events", f"bench.{tag}"
-    port = free_port()
-    env = {
-        **os.environ,
-        "RABBITMQ_URL": url, "MONGODB_URL": store_url,
-        "RESCENTER_STORE__DATABASE": database, "RESCENTER_BUS__EXCHANGE": exchange,
-        "RESCENTER_BUS__QUEUE_PREFIX": prefix, "RESCENTER_HTTP__HOST": "127.0.0.1",
-        "RESCENTER_HTTP__PORT": str(port), "RESCENTER_CLOCK__MODE": "system",
-    }
+    service = isolated_service(url, store_url)
+    database, exchange, prefix, port, env = (service.database, service.exchange, service.prefix,
+                                             service.port, service.env)
     # The service's own log: errors under load (timeouts) are counted, not printed line by line.
     service_log = tempfile.TemporaryFile()
     process = subprocess.Popen([sys.executable, "-m", "core.cli", "--log-level", "WARNING", "run"],

@@ -37,11 +37,11 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,16 +56,36 @@ sys.path.insert(0, str(ROOT))
 from core.bus import delete_topology  # noqa: E402
 from core.messages import Actor, Envelope  # noqa: E402
 from core.settings import BusSettings  # noqa: E402
+from tests.embedded import free_port  # noqa: E402
 
 COMMANDS = ("command.order.place", "command.order.submit_requirements", "command.order.deliver",
             "command.order.accept")
 EVENT_OF = {"order.placed": 0, "order.requirements_submitted": 1, "order.delivered": 2, "order.completed": 3}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@dataclass(frozen=True)
+class IsolatedService:
+    """Where a benchmark's own service process works: a database, an exchange and queues of
+    its own, a free HTTP port, the system clock; `env` is its environment."""
+
+    database: str
+    exchange: str
+    prefix: str
+    port: int
+    env: dict[str, str]
+
+
+def isolated_service(bus_url: str, store_url: str) -> IsolatedService:
+    tag = uuid.uuid4().hex[:8]
+    database, exchange, prefix, port = f"bench_{tag}", f"bench.{tag}.events", f"bench.{tag}", free_port()
+    env = {
+        **os.environ,
+        "RABBITMQ_URL": bus_url, "MONGODB_URL": store_url,
+        "RESCENTER_STORE__DATABASE": database, "RESCENTER_BUS__EXCHANGE": exchange,
+        "RESCENTER_BUS__QUEUE_PREFIX": prefix, "RESCENTER_HTTP__HOST": "127.0.0.1",
+        "RESCENTER_HTTP__PORT": str(port), "RESCENTER_CLOCK__MODE": "system",
+    }
+    return IsolatedService(database, exchange, prefix, port, env)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -272,16 +292,9 @@ async def main() -> None:
 
     url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
     mongo_url = os.environ.get("MONGODB_URL", "mongodb://127.0.0.1:27017/")
-    tag = uuid.uuid4().hex[:8]
-    database, exchange, prefix = f"bench_{tag}", f"bench.{tag}.events", f"bench.{tag}"
-    port = free_port()
-    env = {
-        **os.environ,
-        "RABBITMQ_URL": url, "MONGODB_URL": mongo_url,
-        "RESCENTER_STORE__DATABASE": database, "RESCENTER_BUS__EXCHANGE": exchange,
-        "RESCENTER_BUS__QUEUE_PREFIX": prefix, "RESCENTER_HTTP__PORT": str(port),
-        "RESCENTER_CLOCK__MODE": "system",
-    }
+    service = isolated_service(url, mongo_url)
+    database, exchange, prefix, port, env = (service.database, service.exchange, service.prefix,
+                                             service.port, service.env)
     process = subprocess.Popen([sys.executable, "-m", "core.cli", "--log-level", "WARNING", "run"],
                                cwd=ROOT, env=env)
     try:
