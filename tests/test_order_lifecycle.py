@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.harness import ORDER, Harness
+from tests.harness import ORDER, Client, Harness
 
 LIFECYCLE = ["order.placed", "order.requirements_submitted", "order.delivered", "order.completed"]
 
@@ -64,15 +64,21 @@ async def test_ORD_2_due_date_starts_at_requirements_and_late_is_published_once(
         assert len(h.probe.of_type("order.late", order_id)) == 1
 
 
+async def _delivered_order(h: Harness) -> tuple[Client, Client, Client, str]:
+    """An instance, its buyer, seller and admin, and an order delivered once (ORD-2, ORD-4)."""
+    service = await h.start_instance()
+    buyer = h.client(service, "buyer-1", "buyer")
+    seller = h.client(service, "seller-1", "seller")
+    admin = h.client(service, "admin-1", "admin")
+    order_id = (await buyer.post("/orders", ORDER, expect=201))["id"]
+    await buyer.post(f"/orders/{order_id}/requirements", {"requirements": "x"}, expect=200)
+    await seller.post(f"/orders/{order_id}/deliveries", {"message": "v1"}, expect=200)
+    return buyer, seller, admin, order_id
+
+
 async def test_ORD_4_unanswered_delivery_completes_itself_after_three_days() -> None:
     async with Harness() as h:
-        service = await h.start_instance()
-        buyer = h.client(service, "buyer-1", "buyer")
-        seller = h.client(service, "seller-1", "seller")
-        admin = h.client(service, "admin-1", "admin")
-        order_id = (await buyer.post("/orders", ORDER, expect=201))["id"]
-        await buyer.post(f"/orders/{order_id}/requirements", {"requirements": "x"}, expect=200)
-        await seller.post(f"/orders/{order_id}/deliveries", {"message": "v1"}, expect=200)
+        buyer, seller, admin, order_id = await _delivered_order(h)
         await admin.post("/admin/clock/advance", {"by": "P2DT23H59M59S"}, expect=200)
         assert (await buyer.get(f"/orders/{order_id}"))["state"] == "delivered"
         await admin.post("/admin/clock/advance", {"by": "PT1S"}, expect=200)
@@ -86,13 +92,7 @@ async def test_ORD_4_a_redelivery_at_the_same_instant_as_the_revision_still_comp
     """Delivery, revision request and new delivery at one instant of the test clock: the new
     delivery's auto-completion is a deadline of its own, not the one the revision cancelled."""
     async with Harness() as h:
-        service = await h.start_instance()
-        buyer = h.client(service, "buyer-1", "buyer")
-        seller = h.client(service, "seller-1", "seller")
-        admin = h.client(service, "admin-1", "admin")
-        order_id = (await buyer.post("/orders", ORDER, expect=201))["id"]
-        await buyer.post(f"/orders/{order_id}/requirements", {"requirements": "x"}, expect=200)
-        await seller.post(f"/orders/{order_id}/deliveries", {"message": "v1"}, expect=200)
+        buyer, seller, admin, order_id = await _delivered_order(h)
         await buyer.post(f"/orders/{order_id}/revisions", {"reason": "bigger"}, expect=200)
         await seller.post(f"/orders/{order_id}/deliveries", {"message": "v2"}, expect=200)
 
