@@ -96,12 +96,14 @@ async def count(h: Harness, order_ids: list[str], seconds: float, swept: float) 
     client: AsyncMongoClient[Any] = AsyncMongoClient(h.settings.store.url)
     try:
         orders = await client[h.settings.store.database]["orders"].find(
-            {"_id": {"$in": order_ids}}, {"state": 1, "_version": 1, "timeline": 1}).to_list()
+            {"_id": {"$in": order_ids}}, {"state": 1, "_version": 1, "timeline": 1, "_applied": 1}).to_list()
     finally:
         await client.close()
     assert len(orders) == len(order_ids)
     for order in orders:
-        assert order["state"] == "completed" and order["_version"] == 4, order
+        # On failure, say which messages the order applied (commands, deadlines) and its events.
+        seen = (order["_id"], order["_applied"], [(e["type"], e["event_id"]) for e in order["timeline"]])
+        assert order["state"] == "completed" and order["_version"] == 4, seen
         assert [e["type"] for e in order["timeline"]] == list(EVENTS_PER_LIFECYCLE), order
     for event in EVENTS_PER_LIFECYCLE:
         subjects = {m.subject for m in h.probe.messages if m.type == event}
