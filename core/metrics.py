@@ -33,6 +33,11 @@ class Metrics:
             "rescenter_outbox_swept_total", "Documents whose pending effects the sweeper published.",
             registry=r,
         )
+        self.outbox_full_sweeps = Counter(
+            "rescenter_outbox_full_sweeps_total",
+            "Full outbox sweeps (a query on `_outbox_due` per outbox collection): at start-up, per dead "
+            "instance and every outbox.full_sweep_interval.", registry=r,
+        )
         self.deadlines_fired = Counter(
             "rescenter_deadlines_fired_total", "Deadlines fired, by owner and kind.", ["owner", "kind"],
             registry=r,

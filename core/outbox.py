@@ -22,11 +22,24 @@ are cleared, and its own go out after them, in document order. A writer that
 replaces the whole document adds `guard(doc)` to its filter: otherwise it could
 write back entries that another instance published and cleared after the read.
 The sweeper takes only documents whose every lease ran out.
+
+Finding what a dead writer left needs a query on `_outbox_due`: an index lookup on
+MongoDB, but a scan of the whole collection on a store without secondary indexes
+(the embedded store), so the sweeper does not run it every few seconds. Each
+instance's run keeps a record in `outbox_instances` (`alive_until`, renewed every
+`sweep_interval`) and remembers the documents whose flush failed (broker down):
+every `sweep_interval` it retries those by `_id` and looks for records of runs
+that stopped renewing. A full sweep runs at start-up, once a dead run's last
+leases have ended (one instance claims the record), and every
+`full_sweep_interval` as a safety net. A clean stop removes the record, unless
+flushes it could not do remain: then the record runs out and another instance
+(or the next start) sweeps them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Iterable
@@ -48,6 +61,11 @@ from core.settings import OutboxSettings
 from core.store import Store
 
 log = structlog.get_logger("rescenter.outbox")
+
+#: one record per running instance (per process run): how long it is known to be alive
+INSTANCES = "outbox_instances"
+#: a run is alive until this many sweep intervals after its last renewal
+ALIVE_INTERVALS = 3
 
 
 @dataclass(frozen=True)
@@ -104,6 +122,12 @@ class Outbox:
         self.collections: set[str] = set()
         self._locks = KeyedLocks()
         self._task: asyncio.Task[None] | None = None
+        self.instance = ""
+        #: this run's record in INSTANCES
+        self.run_id = uuid.uuid4().hex
+        #: documents whose flush failed here, retried by `_id` until they are clear
+        self._deferred: set[tuple[str, Any]] = set()
+        self._next_full_sweep: datetime | None = None  # real time; None: at the next round
 
     def register(self, collection: str) -> None:
         self.collections.add(collection)
@@ -161,11 +185,16 @@ class Outbox:
         entries = doc.get("_outbox") or []
         if not entries:
             return
-        entries = await self._after_earlier_writers(collection, doc["_id"], entries, _last_write.get())
-        if not entries:
-            return
-        async with self._locks.hold(f"{collection}/{doc['_id']}"):
-            await self._apply_and_clear(collection, doc["_id"], entries)
+        try:
+            entries = await self._after_earlier_writers(collection, doc["_id"], entries, _last_write.get())
+            if not entries:
+                return
+            async with self._locks.hold(f"{collection}/{doc['_id']}"):
+                await self._apply_and_clear(collection, doc["_id"], entries)
+        except Exception:
+            # Stored but not (all) applied: this instance retries it once its lease ends.
+            self._deferred.add((collection, doc["_id"]))
+            raise
 
     async def _after_earlier_writers(self, collection: str, doc_id: Any, entries: list[dict[str, str]],
                                      mine: str | None) -> list[dict[str, str]]:
@@ -225,54 +254,110 @@ class Outbox:
             raise ValueError(f"unknown outbox entry kind {entry['kind']!r}")
 
     async def sweep_once(self, limit: int = 100) -> int:
-        """Apply what writers left behind (crash, broker down). Returns documents handled."""
+        """Apply what writers left behind (crash, broker down), in every registered
+        collection: a full sweep. Returns documents handled."""
         handled = 0
         for name in sorted(self.collections):
-            col = self.store.collection(name)
             now = _real_now()
             # Read the ids first, then claim each: no cursor stays open across the writes.
-            stale_docs = await col.find({"_outbox_due": {"$lte": now}}, {"_id": 1}).limit(limit).to_list()
-            for stale in stale_docs:
-                # Claimed under this process's lock on the document: a writer of ours still
-                # flushing it (past its lease) finishes first, and we read what it left.
-                async with self._locks.hold(f"{name}/{stale['_id']}"):
-                    claimed = await col.find_one_and_update(
-                        {"_id": stale["_id"], "_outbox_due": {"$lte": now}},
-                        {"$set": {"_outbox_due": now + self.settings.lease}},
-                        return_document=True,
-                    )
-                    if claimed is None:
-                        continue  # another instance took it, or a writer cleared it
-                    if claimed.get("_outbox"):
-                        await self._apply_and_clear(name, stale["_id"], claimed["_outbox"])
-                        self.metrics.outbox_swept.inc()
-                        log.info("swept pending effects", collection=name, doc_id=str(stale["_id"]),
-                                 effects=len(claimed["_outbox"]))
-                    else:
-                        await col.update_one(
-                            {"_id": stale["_id"], "_outbox": {"$size": 0}}, {"$unset": {"_outbox_due": ""}}
-                        )
+            stale = await self.store.collection(name).find(
+                {"_outbox_due": {"$lte": now}}, {"_id": 1}).limit(limit).to_list()
+            for doc in stale:
+                await self._sweep_doc(name, doc["_id"], now)
                 handled += 1
         return handled
+
+    async def _sweep_doc(self, name: str, doc_id: Any, now: datetime) -> bool:
+        """Claim one document whose leases all ended and apply what it holds. False if it
+        is not due (a writer's lease still runs) or another instance took it."""
+        col = self.store.collection(name)
+        # Claimed under this process's lock on the document: a writer of ours still
+        # flushing it (past its lease) finishes first, and we read what it left.
+        async with self._locks.hold(f"{name}/{doc_id}"):
+            claimed = await col.find_one_and_update(
+                {"_id": doc_id, "_outbox_due": {"$lte": now}},
+                {"$set": {"_outbox_due": now + self.settings.lease}},
+                return_document=True,
+            )
+            if claimed is None:
+                return False  # another instance took it, a writer cleared it, or not due yet
+            if claimed.get("_outbox"):
+                await self._apply_and_clear(name, doc_id, claimed["_outbox"])
+                self.metrics.outbox_swept.inc()
+                log.info("swept pending effects", collection=name, doc_id=str(doc_id),
+                         effects=len(claimed["_outbox"]))
+            else:
+                await col.update_one({"_id": doc_id, "_outbox": {"$size": 0}}, {"$unset": {"_outbox_due": ""}})
+            return True
+
+    async def retry_deferred(self) -> None:
+        """Apply again what this instance stored but could not flush, by `_id`."""
+        for name, doc_id in sorted(self._deferred, key=repr):
+            doc = await self.store.batcher(name).find_by_id(doc_id, {"_outbox": 1, "_outbox_due": 1})
+            if not (doc or {}).get("_outbox"):
+                self._deferred.discard((name, doc_id))  # cleared (by us, a later writer or a sweep)
+                continue
+            if await self._sweep_doc(name, doc_id, _real_now()):
+                self._deferred.discard((name, doc_id))
+
+    async def _renew(self) -> None:
+        alive = ALIVE_INTERVALS * self.settings.sweep_interval
+        await self.store.collection(INSTANCES).update_one(
+            {"_id": self.run_id},
+            {"$set": {"instance": self.instance, "alive_until": _real_now() + alive}},
+            upsert=True,
+        )
+
+    async def _bury_dead_runs(self) -> bool:
+        """Claim the records of runs that stopped renewing once their last leases ended
+        (of several instances, one claims each). True if there was any."""
+        col = self.store.collection(INSTANCES)
+        buried = False
+        for dead in await col.find({"alive_until": {"$lte": _real_now() - self.settings.lease}}).to_list():
+            if (await col.delete_one({"_id": dead["_id"], "alive_until": dead["alive_until"]})).deleted_count:
+                log.warning("an instance stopped without a clean stop; sweeping what it left",
+                            dead_instance=dead.get("instance"), alive_until=dead["alive_until"].isoformat())
+                buried = True
+        return buried
+
+    async def round(self) -> None:
+        """One round of the sweeper: renew, retry our deferred flushes, sweep fully if
+        a run died or the safety-net interval passed."""
+        await self._renew()
+        await self.retry_deferred()
+        now = _real_now()
+        if await self._bury_dead_runs() or self._next_full_sweep is None or now >= self._next_full_sweep:
+            self._next_full_sweep = now + self.settings.full_sweep_interval
+            self.metrics.outbox_full_sweeps.inc()
+            while await self.sweep_once() > 0:
+                pass  # more than one page was due
 
     async def run(self) -> None:
         interval = self.settings.sweep_interval.total_seconds()
         while True:
             try:
-                await self.sweep_once()
+                await self.round()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("outbox sweep failed; will retry", error=repr(exc))
             await asyncio.sleep(interval)
 
-    def start(self) -> None:
+    def start(self, instance: str = "") -> None:
+        self.instance = instance
         self._task = asyncio.create_task(self.run(), name="outbox-sweeper")
 
-    async def stop(self) -> None:
+    async def stop(self, *, retire: bool = True) -> None:
+        """Stop sweeping. `retire`: a clean stop removes this run's record, so that no one
+        sweeps after it, unless flushes it could not do remain (they are left to the
+        instance that finds the record run out). `retire=False` is a crash (tests)."""
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+            if retire and not self._deferred:
+                with contextlib.suppress(Exception):
+                    await self.store.collection(INSTANCES).delete_one({"_id": self.run_id})
 
 
 __all__ = ["Effect", "Outbox"]

@@ -113,7 +113,7 @@ class Service:
         await bus.start_consuming(CORE_GROUP)
         plugins.start_following()
         scheduler.start()
-        outbox.start()
+        outbox.start(instance)
         self.idempotency.start()
         if http:
             await self._start_http(services)
@@ -177,7 +177,8 @@ class Service:
                     connection.force_close()
         if services is None:
             return
-        for stoppable in (services.plugins, services.scheduler, services.outbox, self.idempotency):
+        await services.outbox.stop(retire=False)  # its record runs out: another instance sweeps
+        for stoppable in (services.plugins, services.scheduler, self.idempotency):
             if stoppable is not None:
                 await stoppable.stop()
         if isinstance(services.clock, TestClock):

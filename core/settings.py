@@ -126,8 +126,9 @@ class SchedulerSettings(_Section):
 
 
 class OutboxSettings(_Section):
-    sweep_interval: Duration = timedelta(seconds=5)
-    lease: Duration = timedelta(seconds=5)
+    sweep_interval: Duration = Field(timedelta(seconds=5), gt=timedelta(0))
+    lease: Duration = Field(timedelta(seconds=5), gt=timedelta(0))
+    full_sweep_interval: Duration = Field(timedelta(minutes=10), gt=timedelta(0))
 
 
 class IdempotencySettings(_Section):

@@ -269,3 +269,71 @@ async def test_ORD_6_the_sweeper_leaves_a_document_its_own_instance_is_still_flu
         assert [m.id for m in h.probe.messages] == [event.id]
         assert calls == 1
         assert (a.services.metrics.registry.get_sample_value("rescenter_outbox_swept_total") or 0) == 0
+
+
+def _full_sweeps(service: Any) -> float:
+    return service.services.metrics.registry.get_sample_value("rescenter_outbox_full_sweeps_total") or 0.0
+
+
+async def test_ORD_6_a_flush_that_failed_is_retried_by_its_instance_without_scanning_the_store() -> None:
+    """The broker refused a publish after the write: the instance that wrote retries that
+    document by `_id` once its lease ends. No full sweep (a scan on the embedded store) runs
+    for it: only the one at start-up."""
+    async with Harness() as h:  # outbox lease 1 s, sweep round every 0.2 s, full sweep every 10 min
+        a = await h.start_instance()
+        assert a.services is not None
+        buyer = h.client(a, "buyer-1", "buyer")
+        order_id = (await buyer.post("/orders", ORDER, expect=201))["id"]
+        await h.probe.wait_for("order.placed", lambda m: m.subject == order_id)
+        real_publish = a.services.bus.publish
+        refused = 0
+
+        async def broker_refuses_once(envelope: Any, **kwargs: Any) -> None:
+            nonlocal refused
+            if envelope.type == "order.requirements_submitted" and not refused:
+                refused += 1
+                raise ConnectionResetError("the broker went away")
+            await real_publish(envelope, **kwargs)
+
+        a.services.bus.publish = broker_refuses_once  # type: ignore[method-assign]
+        started = time.monotonic()
+        await buyer.post(f"/orders/{order_id}/requirements", {"requirements": "x"}, expect=200)
+        [event] = await h.probe.wait_for("order.requirements_submitted", lambda m: m.subject == order_id)
+        waited = time.monotonic() - started
+        print(f"published {waited:.1f} s after the refused publish (lease {h.settings.outbox.lease})")
+        assert refused == 1 and waited >= h.settings.outbox.lease.total_seconds() * 0.9
+        for _ in range(50):  # published, then cleared
+            order = await a.services.orders.collection.find_one({"_id": order_id})
+            if not order["_outbox"]:
+                break
+            await asyncio.sleep(0.05)
+        assert order["_outbox"] == [] and order["timeline"][-1]["event_id"] == event.id
+        await h.probe.settle(0.5)
+        assert len(h.probe.of_type("order.requirements_submitted", order_id)) == 1
+        assert _full_sweeps(a) == 1  # the start-up one
+
+
+async def test_ORD_6_a_running_instance_sweeps_what_a_dead_one_left_once_its_record_runs_out() -> None:
+    async with Harness() as h:
+        a, b = await h.start_instance(), await h.start_instance()
+        assert a.services is not None and b.services is not None
+        buyer = h.client(a, "buyer-1", "buyer")
+        order_id = (await buyer.post("/orders", ORDER, expect=201))["id"]
+        await h.probe.wait_for("order.placed", lambda m: m.subject == order_id)
+        reached = asyncio.Event()
+
+        async def die_before_publishing(envelope: Any, **kwargs: Any) -> None:
+            reached.set()
+            await asyncio.Event().wait()  # never returns: the process is gone
+
+        a.services.bus.publish = die_before_publishing  # type: ignore[method-assign]
+        request = asyncio.create_task(buyer.post(f"/orders/{order_id}/requirements", {"requirements": "x"}))
+        await asyncio.wait_for(reached.wait(), 5)
+        sweeps_before = _full_sweeps(b)
+        await a.kill()
+        request.cancel()
+        with contextlib.suppress(BaseException):
+            await request
+        await h.probe.wait_for("order.requirements_submitted", lambda m: m.subject == order_id, timeout=10)
+        assert _full_sweeps(b) == sweeps_before + 1  # for the dead instance, not on a timer
+        assert await b.services.store.collection("outbox_instances").count_documents({}) == 1  # b's own

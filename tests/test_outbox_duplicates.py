@@ -103,7 +103,7 @@ async def count(h: Harness, order_ids: list[str], seconds: float, swept: float) 
     for order in orders:
         # On failure, say which messages the order applied (commands, deadlines) and its events.
         seen = (order["_id"], order["_applied"], [(e["type"], e["event_id"]) for e in order["timeline"]])
-        assert order["state"] == "completed" and order["_version"] == 4, seen
+        assert order["state"] == "completed" and order["_version"] == 4, f"{seen}"
         assert [e["type"] for e in order["timeline"]] == list(EVENTS_PER_LIFECYCLE), order
     for event in EVENTS_PER_LIFECYCLE:
         subjects = {m.subject for m in h.probe.messages if m.type == event}
