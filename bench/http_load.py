@@ -60,6 +60,7 @@ from bench.throughput import counters, isolated_service, percentile, wait_ready 
 from core.bus import delete_topology  # noqa: E402
 from core.http.auth import issue_token  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
+from core.order_pages import LISTS, list_writes  # noqa: E402
 from core.settings import BusSettings, load_settings  # noqa: E402
 from core.store import Store  # noqa: E402
 from plugins.metrics.repository import MetricsRepository  # noqa: E402
@@ -199,6 +200,9 @@ async def preload(store: Store, templates: list[str], orders: int, buyers: int, 
     async def flush(final: bool = False) -> None:
         nonlocal batch, records, recorded
         if batch and (final or len(batch) >= INSERT_CHUNK):
+            # The parties' lists first, as OrderService.place writes them (core.order_pages).
+            await store.collection(LISTS).bulk_write([w for order in batch for w in list_writes(order)],
+                                                     ordered=False)
             await store.collection("orders").insert_many(batch, ordered=False)
             batch = []
         if records and (final or len(records) >= RECORD_CHUNK):

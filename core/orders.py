@@ -46,6 +46,7 @@ from core.messages import (
     RevisionRequested,
     make_envelope,
 )
+from core.order_pages import LISTS, fill_lists, list_order
 from core.outbox import Effect, Outbox
 from core.scheduler import CORE_OWNER, Deadline
 from core.settings import OrderPolicy
@@ -127,6 +128,7 @@ class OrderService:
     ) -> None:
         self.collection = store.collection(COLLECTION)
         self.batcher = store.batcher(COLLECTION)  # the hot path's reads and inserts share round trips
+        self.lists = store.batcher(LISTS)  # the parties' order lists (core.order_pages)
         self.outbox = outbox
         self.clock = clock
         self.policy = policy
@@ -135,8 +137,8 @@ class OrderService:
         outbox.register(COLLECTION)
 
     async def create_indexes(self) -> None:
-        await self.collection.create_index([("buyer_id", ASCENDING), ("placed_at", DESCENDING)])
         await self.collection.create_index([("seller_id", ASCENDING), ("placed_at", DESCENDING)])
+        await fill_lists(self.collection)  # once: orders stored before the lists existed
 
     # ------------------------------------------------------------ queries
 
@@ -162,7 +164,8 @@ class OrderService:
         existing = await self.batcher.find_by_id(command.order_id)
         if existing is not None:
             if _same_order(existing, command):
-                return existing  # a retried placement
+                await list_order(self.lists, existing)  # a retried placement: listed, whatever came before
+                return existing
             if message_id is not None and existing.get("placement_id") == message_id:
                 raise InvalidInput("this Idempotency-Key was used for a different order", order_id=command.order_id)
             raise Conflict(f"order id {command.order_id!r} is taken", order_id=command.order_id)
@@ -196,6 +199,7 @@ class OrderService:
         envelope = make_envelope("order.placed", event, subject=order["_id"], time=now)
         order["timeline"] = [_timeline_entry(0, envelope.type, envelope.id, now, actor, "ORD-1", event)]
         order.update(self.outbox.initial([Effect.publish(envelope)]))
+        await list_order(self.lists, order)  # first: an entry without its order is skipped, never the reverse
         if await self.batcher.write(InsertOne(order)) is Outcome.CONFLICT:
             raise Conflict(f"order id {command.order_id!r} is taken", order_id=command.order_id)
         async with self._writing.hold(order["_id"]):  # a reaction to order.placed waits for the flush

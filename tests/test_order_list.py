@@ -11,6 +11,11 @@ import base64
 import json
 from typing import Any
 
+import pytest
+
+from core.errors import Conflict
+from core.messages import Actor, PlaceOrder
+from core.order_pages import LISTS
 from tests.harness import ORDER, Client, Harness
 from tests.support import problem
 
@@ -125,3 +130,62 @@ async def test_order_list_a_bad_cursor_or_limit_is_a_422_problem() -> None:
         problem(buyer, await buyer.get("/orders?as=staff"), 422, field="as")
         # Good input still answers as before.
         assert len((await buyer.get(f"/orders?cursor={as_buyer}", expect=200))["orders"]) == 2
+
+
+async def test_ORD_6_order_list_pages_across_months_newest_first() -> None:
+    """The list is kept per party and month (core.order_pages): pages run across months,
+    more of them than one read takes, and skip the months with nothing for this party."""
+    async with Harness() as h:
+        service = await h.start_instance()
+        buyer = h.client(service, "buyer-1", "buyer")
+        other = h.client(service, "buyer-2", "buyer")
+        admin = h.client(service, "admin-1", "admin")
+        placed = []
+        for month in range(7):
+            for _ in range(month % 3):  # 0, 1 or 2 orders a month
+                placed.append((await place(buyer))["id"])
+            await place(other)
+            await admin.post("/admin/clock/advance", {"by": "P31D"}, expect=200)
+        for limit in (1, 2, 3, 50):
+            listed = [o for page in await pages(buyer, f"limit={limit}") for o in page]
+            assert sorted(o["id"] for o in listed) == sorted(placed) and len(listed) == len(placed), limit
+            assert newest_first(listed), limit
+        assert len({o["placed_at"][:7] for o in listed}) == 4  # four months with orders, newest first
+
+
+async def test_ORD_6_an_order_whose_placement_failed_is_not_listed_and_a_taken_id_lists_once() -> None:
+    """The list entries are written before the order: a placement refused after them (an id
+    already taken by another buyer) leaves an entry that names no order of this buyer."""
+    async with Harness() as h:
+        service = await h.start_instance()
+        assert service.services is not None
+        buyer = h.client(service, "buyer-1", "buyer")
+        taken = (await place(buyer))["id"]
+        command = PlaceOrder(order_id=taken, buyer_id="buyer-2", seller_id="seller-2", gig_id="gig-1",
+                             price={"amount": "10.00", "currency": "EUR"}, delivery_days=2)
+        with pytest.raises(Conflict):
+            await service.services.orders.place(command, Actor(id="market", role="service"))
+        assert (await h.client(service, "buyer-2", "buyer").get("/orders", expect=200))["orders"] == []
+        assert [o["id"] for o in (await buyer.get("/orders", expect=200))["orders"]] == [taken]
+        # A retried placement (the same command again) lists its order once.
+        same = PlaceOrder(order_id=taken, buyer_id="buyer-1", seller_id=ORDER["seller_id"], gig_id=ORDER["gig_id"],
+                          price=ORDER["price"], delivery_days=ORDER["delivery_days"])
+        await service.services.orders.place(same, Actor(id="market", role="service"))
+        assert [o["id"] for o in (await buyer.get("/orders", expect=200))["orders"]] == [taken]
+
+
+async def test_ORD_6_orders_stored_before_the_lists_existed_are_listed_after_a_start() -> None:
+    async with Harness() as h:
+        first = await h.start_instance()
+        assert first.services is not None
+        buyer = h.client(first, "buyer-1", "buyer")
+        placed = [(await place(buyer))["id"] for _ in range(3)]
+        store = first.services.store
+        # As an older release left them: orders, and no lists at all.
+        await store.collection(LISTS).delete_many({})
+        assert (await buyer.get("/orders", expect=200))["orders"] == []
+        second = await h.start_instance()
+        listed = (await h.client(second, "buyer-1", "buyer").get("/orders", expect=200))["orders"]
+        assert sorted(o["id"] for o in listed) == sorted(placed)
+        seller = (await h.client(second, "seller-1", "seller").get("/orders?as=seller", expect=200))["orders"]
+        assert sorted(o["id"] for o in seller) == sorted(placed)
