@@ -148,9 +148,16 @@ class Scheduler:
         candidates = await self.collection.find(query).sort("due_at", ASCENDING).limit(CLAIM_BATCH).to_list()
         self._next_due = None
         for doc in candidates:
-            if doc["state"] == "pending" and doc["due_at"] > now:
-                self._next_due = doc["due_at"]  # sorted: every later candidate is later still
-                break
+            if doc["state"] == "pending":
+                if doc["due_at"] > now:
+                    self._next_due = doc["due_at"]  # sorted: every later candidate is later still
+                    break
+            elif doc["state"] != "claimed" or doc.get("lease_until") is None or doc["lease_until"] > real_now:
+                # Not what the query asked for: the store matched an older version of the
+                # document and returned the newer one (cancelled, done, or claimed meanwhile).
+                # The embedded store reads without a snapshot and did so; claiming it with
+                # the state we read would fire a cancelled deadline.
+                continue
             if await self._claim(doc, real_now):
                 return _deadline(doc)
         return None

@@ -97,9 +97,14 @@ async def count(h: Harness, order_ids: list[str], seconds: float, swept: float) 
     try:
         orders = await client[h.settings.store.database]["orders"].find(
             {"_id": {"$in": order_ids}}, {"state": 1, "_version": 1, "timeline": 1, "_applied": 1}).to_list()
+        # The test clock stands still: no deadline (due days later) may fire.
+        fired = await client[h.settings.store.database]["deadlines"].find(
+            {"state": {"$nin": ["pending", "cancelled"]}}).to_list()
+        clock = await client[h.settings.store.database]["clock"].find_one({})
     finally:
         await client.close()
     assert len(orders) == len(order_ids)
+    assert fired == [], f"fired with the clock at {clock}: {fired}"
     for order in orders:
         # On failure, say which messages the order applied (commands, deadlines) and its events.
         seen = (order["_id"], order["_applied"], [(e["type"], e["event_id"]) for e in order["timeline"]])

@@ -98,3 +98,49 @@ async def test_ORD_2_a_deadline_fires_when_due_without_waiting_for_a_scan_of_the
         await clock.set(due_at)
         [late] = await h.probe.wait_for("order.late", lambda m: m.subject == order["id"], timeout=3)
         assert late.data["due_at"] == started["due_at"].replace("+00:00", "Z")
+
+
+async def test_ORD_2_a_deadline_cancelled_while_the_query_read_it_is_not_fired() -> None:
+    """The embedded store reads without a snapshot: a query for pending deadlines can match
+    a document on its older version and return the newer one, already cancelled. Claimed
+    with the state it was read in, that deadline fired (an auto-completion days early, seen
+    as a no-op on a completed order in tests/test_outbox_duplicates.py)."""
+    async with Harness() as h:
+        a = await h.start_instance()
+        assert a.services is not None
+        scheduler = a.services.scheduler
+        buyer = h.client(a, "buyer-1", "buyer")
+        order = await buyer.post("/orders", ORDER, expect=201)
+        await buyer.post(f"/orders/{order['id']}/requirements", {"requirements": "r"}, expect=200)
+        [late] = await scheduler.for_subject(order["id"])
+        await scheduler.cancel(late["_id"])
+        cancelled = await scheduler.get(late["_id"])
+        assert cancelled is not None and cancelled["state"] == "cancelled"
+
+        real_find = scheduler.collection.find
+
+        def find_returning_the_newer_version(query: Any, *args: Any, **kwargs: Any) -> Any:
+            cursor = real_find(query, *args, **kwargs)
+            if "$or" in query:  # the claim query: as if it had matched the pending version
+
+                class Cursor:
+                    def sort(self, *a: Any, **k: Any) -> Cursor:
+                        return self
+
+                    def limit(self, *a: Any, **k: Any) -> Cursor:
+                        return self
+
+                    async def to_list(self) -> list[dict[str, Any]]:
+                        return [cancelled]
+
+                return Cursor()
+            return cursor
+
+        scheduler.collection.find = find_returning_the_newer_version  # type: ignore[method-assign]
+        try:
+            assert await scheduler.claim_next(datetime.fromisoformat(order["placed_at"])) is None
+        finally:
+            scheduler.collection.find = real_find  # type: ignore[method-assign]
+        assert (await scheduler.get(late["_id"]))["state"] == "cancelled"
+        await h.probe.settle(0.3)
+        assert h.probe.of_type("order.late", order["id"]) == []
