@@ -465,3 +465,31 @@ async def test_the_keys_of_a_plugin_switched_off_are_refused_and_its_part_is_nul
         assert not any(key.startswith("policy.reviews.") for key in answer["accepted_keys"])
     finally:
         await world.admin.put("/admin/plugins/reviews", {"enabled": True}, expect=200)
+
+
+async def test_a_replay_cancelled_in_the_middle_of_its_pages_leaves_nothing_behind(world: World) -> None:
+    """Cancelled at its first event (as Ctrl-C cancels the command): it finishes the page in
+    hand (2 events) and stops at the next read, of the 6 events there are; nothing to undo."""
+    ids = await window_scene(world)
+    assert world.service.services is not None
+    services = world.service.services
+    db = services.store
+    before = await db.collection("metrics_events").find({}).sort("_id", 1).to_list()
+    seen: list[int] = []
+
+    class CancelAtFirst:
+        def task(self, description: str, total: int | None) -> CancelAtFirst:
+            return self
+
+        def advance(self, done: int) -> None:
+            seen.append(done)
+            running.cancel()
+
+    running = asyncio.create_task(replay(
+        db, services.plugins.policy_replays(), services.settings.policy,  # type: ignore[attr-defined]
+        {"policy.metrics.completion_window": "P90D"}, world.now, sellers=(ids["moves"],), page_size=2,
+        progress=CancelAtFirst()))
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert seen == [1, 1]
+    assert await db.collection("metrics_events").find({}).sort("_id", 1).to_list() == before
