@@ -235,7 +235,9 @@ class WhatIfRoute:
                      "next to the figures now. Nothing is written.",
                      roles=frozenset({"admin", "support"}), body=WhatIfBody, response=answer_model(self.replays),
                      rules=("MET-1", "MET-2", "MET-4", "REV-1", "REV-2", "REV-4"), tags=("admin",),
-                     responses={"409": None})
+                     responses={"409": {"description": "Only when the same Idempotency-Key is in use by a "
+                                                       "request still running: the what-if changes nothing, so "
+                                                       "no rule refuses it."}})
 
     async def handle(self, call: Call) -> dict[str, Any]:
         body: WhatIfBody = call.body
