@@ -263,13 +263,27 @@ async def test_MET_2_a_shorter_reorder_window_counts_the_mutual_cancellation_aga
         True, "mutual_cancellation", "MET-1")
 
 
-async def test_MET_4_a_weight_changes_no_score_when_one_factor_has_data(world: World) -> None:
-    """MET-4: only the completion rate has data for this seller: its share is 1 whatever its
-    weight, so the score does not move; the orders do not either."""
-    ids = await reorder_scene(world)
+async def test_MET_4_a_heavier_completion_rate_weight_moves_the_score(world: World) -> None:
+    """A completed 10 days ago (rate 100 %); L delivered late 2 days ago (on time 0 of 1).
+    Now: (0.4 x 100 + 0.3 x 0) / 0.7 = 57.14. With the completion rate weighing 0.9:
+    (0.9 x 100 + 0.3 x 0) / 1.2 = 75. The rate and the orders do not move."""
+    n = world.now
+    s, b, a, late = unique("s-wei"), unique("b-wei"), unique("A"), unique("L")
+    await emit(world, [
+        (placed(a, b, s), n - 12 * D), (completed(a, b, s), n - 10 * D),
+        (placed(late, b, s), n - 9 * D),
+        (("order.delivered", event(OrderDelivered, late, b, s, "delivered", delivery_number=1,
+                                   auto_complete_at=n + D, late=True)), n - 2 * D),
+    ])
     answer = await what_if(world.admin, set={"policy.metrics.success_score_weights.completion_rate": 0.9},
-                           sellers=[ids["seller"]])
-    assert answer["metrics"]["sellers_moved"] == 0 and answer["metrics"]["sellers"] == []
+                           sellers=[s])
+    move = seller(answer, s)
+    assert move is not None and move["orders"] == []
+    assert (move["before"]["success_score"], move["after"]["success_score"]) == (57.14, 75.0)
+    assert move["success_score_change"] == 17.86 and move["completion_rate_change"] == 0
+    assert move["before"]["factors"]["on_time_delivery"] == move["after"]["factors"]["on_time_delivery"] == 0
+    assert buckets(answer, "success_score_histogram") == {"up 10 to 20": 1}
+    assert buckets(answer, "completion_rate_histogram") == {"unchanged": 1}
 
 
 # ---------------------------------------------------------------- REV-1, REV-4
@@ -392,8 +406,7 @@ async def test_a_replay_writes_nothing_and_publishes_nothing(world: World) -> No
     await asyncio.sleep(0.5)
     assert len(world.h.probe.messages) == published
     after = {name: await db.collection(name).find({}).sort("_id", 1).to_list() for name in names if name != "clock"}
-    assert {k: v for k, v in after.items() if not k.startswith("idempotency")} == {
-        k: v for k, v in before.items() if not k.startswith("idempotency")}
+    assert after == before
 
 
 async def test_pages_and_the_limit_keep_the_replay_bounded_with_totals_over_all(world: World) -> None:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pymongo import ASCENDING
 
 from core.settings import MetricsPolicy
@@ -273,12 +273,8 @@ class _reverse(str):
         return str.__lt__(self, other)
 
 
-def _iso(length: Any) -> str:
-    from pydantic import TypeAdapter
-
-    from core.settings import Duration
-
-    return str(TypeAdapter(Duration).dump_python(length, mode="json"))
+def _iso(length: timedelta) -> str:
+    return str(TypeAdapter(timedelta).dump_python(length, mode="json"))
 
 
 def _figure(value: float | None) -> str:
