@@ -8,6 +8,8 @@
     rescenter token SUB ROLE...        mint a development token with the configured secret
     rescenter check-config             validate the configuration and print it
     rescenter demo [--url URL]         load a small demo data set through a running service's API
+    rescenter policy what-if --set KEY=VALUE ... [--at INSTANT] [--seller ID] [--limit N] [--json]
+                                       what a policy change would move (core/whatif.py); writes nothing
     rescenter PLUGIN COMMAND ...       a command a plugin declares (hook `register_commands`),
                                        e.g. `rescenter metrics rebuild`
 """
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     from core.plugins import PluginRegistry
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-CORE_COMMANDS = frozenset({"run", "plugins", "docs", "token", "check-config", "demo"})
+CORE_COMMANDS = frozenset({"run", "plugins", "docs", "token", "check-config", "demo", "policy"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +59,23 @@ def main(argv: list[str] | None = None) -> int:
                                       "service; running it again adds nothing (core/demo.py).")
     demo.add_argument("--url", default=os.environ.get("RESCENTER_URL") or "http://127.0.0.1:8080",
                       help="the service's base URL (default: $RESCENTER_URL, else http://127.0.0.1:8080)")
+    policy = sub.add_parser("policy", help="policy tools")
+    policy_sub = policy.add_subparsers(dest="action", required=True)
+    what_if = policy_sub.add_parser(
+        "what-if", help="what a policy change would move, replayed over the facts kept (writes nothing)",
+        description="Replay the facts the plugins keep (the metrics' event log, the reviews' facts) under the "
+                    "current policy and under the one with --set applied, and show what moves: each seller's "
+                    "completion rate and success score, the orders whose treatment changes, the cancelled orders "
+                    "whose review eligibility changes. Nothing is written or published. Ctrl-C cancels.")
+    what_if.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="assignments",
+                         help="a policy key as in config/defaults.toml, e.g. policy.metrics.completion_window=P90D "
+                              "(repeatable)")
+    what_if.add_argument("--at", default=None, metavar="INSTANT",
+                         help="apply both policies as of this ISO 8601 instant with its offset (default: now)")
+    what_if.add_argument("--seller", action="append", default=[], metavar="SELLER_ID",
+                         help="only this seller (repeatable)")
+    what_if.add_argument("--limit", type=int, default=50, help="sellers (and orders) listed, 1 to 1000 (default 50)")
+    what_if.add_argument("--json", action="store_true", help="the answer as JSON (as the HTTP route gives it)")
     try:
         settings: Settings | None = load_settings()
         settings_error = None
@@ -87,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "demo":
         return asyncio.run(_demo(settings, args.url))
+    if args.command == "policy":
+        try:
+            return asyncio.run(_what_if(settings, args))
+        except KeyboardInterrupt:
+            print("rescenter policy what-if: cancelled; nothing was written", file=sys.stderr)
+            return 130
     if args.command in plugin_commands:
         return asyncio.run(_plugin_command(settings, plugin_commands[args.command][args.plugin_command], args))
     return 2
@@ -123,20 +148,75 @@ def _add_plugin_commands(sub: Any, settings: Settings) -> dict[str, dict[str, Co
 
 
 async def _plugin_command(settings: Settings, command: Command, args: argparse.Namespace) -> int:
-    from core.clock import SystemClock, TestClock
     from core.store import Store
 
     store = Store(settings.store.url, settings.store.database)
     await store.connect()
     try:
-        clock: Clock = SystemClock()
-        if settings.clock.mode == "test":
-            test_clock = TestClock(store.collection("clock"))
-            await test_clock.refresh()  # the instant the running instances share, read once
-            clock = test_clock
+        clock = await _clock(settings, store)
         return await command.run(CommandContext(settings=settings, store=store, clock=clock), args)
     finally:
         await store.close()
+
+
+async def _what_if(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from core.errors import InvalidInput
+    from core.metrics import Metrics
+    from core.plugins import STATES, PluginRegistry
+    from core.store import Store
+    from core.whatif import MAX_LIMIT, instant, parse_assignments, print_tables, replay, to_json, with_progress
+
+    def refuse(message: str) -> int:
+        print(f"rescenter policy what-if: {message}", file=sys.stderr)
+        return 2
+
+    if not 1 <= args.limit <= MAX_LIMIT:
+        return refuse(f"--limit must be from 1 to {MAX_LIMIT}")
+    at = None
+    if args.at is not None:
+        try:
+            at = datetime.fromisoformat(args.at)
+        except ValueError:
+            return refuse(f"--at {args.at!r} is not an ISO 8601 instant, e.g. 2026-11-30T12:00:00+00:00")
+        if at.tzinfo is None:
+            return refuse(f"--at {args.at!r} needs an offset (Z or +01:00): the instant must be unambiguous")
+    store = Store(settings.store.url, settings.store.database)
+    await store.connect()
+    try:
+        registry = PluginRegistry(settings.plugins, store, Metrics())
+        registry.load()
+        stored = {d["_id"]: d.get("enabled") async for d in store.collection(STATES).find({})}
+        declared = registry.policy_replays()
+        replays = [r for r in declared if stored.get(r.plugin, registry.default_enabled(r.plugin))]
+        clock = await _clock(settings, store)
+        try:
+            changes = parse_assignments(args.assignments)
+            moment = instant(at, clock)
+            with with_progress() as progress:
+                answer = await replay(store, replays, settings.policy, changes, moment,
+                                      sellers=tuple(args.seller), limit=args.limit, progress=progress,
+                                      switched_off=[r for r in declared if r not in replays])
+        except InvalidInput as exc:
+            return refuse(exc.detail)
+        if args.json:
+            print(json.dumps(to_json(answer), indent=2))
+        else:
+            print_tables(answer, replays)
+        return 0
+    finally:
+        await store.close()
+
+
+async def _clock(settings: Settings, store: Any) -> Clock:
+    from core.clock import SystemClock, TestClock
+
+    if settings.clock.mode == "test":
+        test_clock = TestClock(store.collection("clock"))
+        await test_clock.refresh()  # the instant the running instances share, read once
+        return test_clock
+    return SystemClock()
 
 
 async def _demo(settings: Settings, url: str) -> int:
@@ -210,6 +290,7 @@ def documents(settings: Settings) -> dict[str, Any]:
     from core.http.core_routes import core_routes
     from core.http.openapi import openapi_document
     from core.messages import CORE_BINDINGS, asyncapi_document, core_catalogue
+    from core.whatif import WhatIfRoute
 
     registry = _declarations(settings)
     catalogue = core_catalogue()
@@ -219,6 +300,7 @@ def documents(settings: Settings) -> dict[str, Any]:
     routes = core_routes()
     for result in registry.call_each("register_routes", services=None):
         routes += [dataclasses.replace(r, plugin=result.plugin) for r in result.value]
+    routes.append(WhatIfRoute(registry.policy_replays()).route())
     bindings: dict[str, list[str]] = {"core": list(CORE_BINDINGS)}
     for result in registry.call_each("register_subscriptions", services=_declaring_services(settings)):
         bindings.setdefault(result.plugin, []).extend(t for subscription in result.value for t in subscription.types)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from core.scheduler import DeadlineHandler
     from core.services import Services
     from core.vetoes import Veto
+    from core.whatif import PolicyReplay
 
 hookspec = pluggy.HookspecMarker("rescenter")
 hookimpl = pluggy.HookimplMarker("rescenter")
@@ -54,6 +55,11 @@ def register_outbox_collections() -> list[str]:
 @hookspec
 def register_commands() -> list[Command]:
     """Command-line commands of the plugin, run as `rescenter <plugin> <command>`."""
+
+
+@hookspec
+def register_policy_replays() -> list[PolicyReplay]:
+    """Policy keys the plugin can replay over the facts it keeps, for the what-if (reads only)."""
 
 
 @hookspec

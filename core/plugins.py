@@ -14,6 +14,7 @@ meanwhile), its routes answer 503 and its deadlines wait.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import inspect
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ from core.metrics import Metrics
 from core.outbox import Effect, Outbox
 from core.settings import PluginSettings
 from core.store import Store
+from core.whatif import PolicyReplay
 
 log = structlog.get_logger("rescenter.plugins")
 
@@ -130,6 +132,11 @@ class PluginRegistry:
             if value is not None:
                 results.append(HookResult(impl.plugin_name, value))
         return results
+
+    def policy_replays(self) -> list[PolicyReplay]:
+        """What each plugin can replay under another policy (the what-if), with its plugin's name."""
+        return [dataclasses.replace(replay, plugin=result.plugin)
+                for result in self.call_each("register_policy_replays") for replay in result.value]
 
     # ------------------------------------------------------------ switching
 

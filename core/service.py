@@ -39,6 +39,7 @@ from core.scheduler import CORE_OWNER, Scheduler
 from core.services import Services
 from core.settings import Settings
 from core.store import Store
+from core.whatif import WhatIfRoute
 
 log = structlog.get_logger("rescenter.service")
 
@@ -102,6 +103,7 @@ class Service:
         self.routes = core_routes()
         for result in plugins.call_each("register_routes", services=services):
             self.routes += [dataclasses.replace(route, plugin=result.plugin) for route in result.value]
+        self.routes.append(WhatIfRoute(plugins.policy_replays()).route())
         self.idempotency = IdempotencyKeys(store, settings.idempotency)
         await asyncio.gather(scheduler.create_indexes(), orders.create_indexes(), outbox.create_indexes(),
                              self.idempotency.create_indexes())

@@ -4,7 +4,8 @@ Rules MET-1 to MET-4 of RULES.md; see README.md beside this file. It keeps
 every event it consumes (`repository.py`), turns each into facts about its
 seller (`facts.py`), and decides the figures for any instant from those facts
 (`rules.py`); support flags cancellations (`flags.py`); `routes.py` is the
-HTTP API and `rebuild.py` the `rescenter metrics rebuild` command.
+HTTP API, `rebuild.py` the `rescenter metrics rebuild` command and `whatif.py`
+its part of the policy what-if (`rescenter policy what-if`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from core.commands import Command
 from core.hookspecs import hookimpl
 from core.http.routes import Route
 from core.messages import Envelope, MessageData, MessageType
+from core.whatif import PolicyReplay
 from plugins.metrics import rebuild
 from plugins.metrics.messages import CONSUMED, MESSAGE_TYPES, fill_in_missing_types
 from plugins.metrics.repository import FLAGS, MetricsRepository, log
 from plugins.metrics.routes import NAME, routes
+from plugins.metrics.whatif import policy_replay
 
 __all__ = ["NAME"]
 
@@ -53,6 +56,11 @@ def register_outbox_collections() -> list[str]:
 @hookimpl
 def register_commands() -> list[Command]:
     return [Command("rebuild", rebuild.HELP, rebuild.run, arguments=rebuild.arguments)]
+
+
+@hookimpl
+def register_policy_replays() -> list[PolicyReplay]:
+    return [policy_replay()]
 
 
 @hookimpl

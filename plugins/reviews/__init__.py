@@ -16,10 +16,12 @@ from core.bus import Subscription
 from core.hookspecs import hookimpl
 from core.http.routes import Route
 from core.messages import MessageType
+from core.whatif import PolicyReplay
 from plugins.reviews.commands import NAME, Reviews
 from plugins.reviews.messages import MESSAGE_TYPES
 from plugins.reviews.repository import REVIEWS, Repository
 from plugins.reviews.routes import routes
+from plugins.reviews.whatif import policy_replay
 
 __all__ = ["NAME"]
 
@@ -42,6 +44,11 @@ def register_routes() -> list[Route]:
 @hookimpl
 def register_outbox_collections() -> list[str]:
     return [REVIEWS]
+
+
+@hookimpl
+def register_policy_replays() -> list[PolicyReplay]:
+    return [policy_replay()]
 
 
 @hookimpl

@@ -91,32 +91,10 @@ class Repository:
 
     async def order_facts(self, order_id: str) -> OrderFacts | None:
         """What the plugin knows of the order, or None while no order event named its parties."""
-        doc = await self.orders.find_one({"_id": order_id}, {"_applied": 0})
-        if doc is None or not doc.get("buyer_id"):
-            return None
-        cancelled = doc.get("cancelled") or {}
-        return OrderFacts(
-            order_id=order_id,
-            buyer_id=doc["buyer_id"],
-            seller_id=doc["seller_id"],
-            state=_state(doc),
-            cancelled_at=cancelled.get("at"),
-            cancel_cause=cancelled.get("cause"),
-            due_dates=tuple(DueDate(d["set_at"], d["due_at"], d["source"]) for d in doc.get("due_dates", [])),
-            deliveries=tuple(d["at"] for d in doc.get("deliveries", [])),
-            messages=tuple(Message(m["key"], m["sender_id"], m["recipient_id"], m["sent_at"])
-                           for m in doc.get("messages", [])),
-            seller_silences=tuple(SellerSilence(s["request_id"], s["at"]) for s in doc.get("seller_silences", [])),
-        )
+        return order_facts_of(await self.orders.find_one({"_id": order_id}, {"_applied": 0}))
 
     async def buyer_facts(self, user_id: str) -> BuyerFacts:
-        doc = await self.buyers.find_one({"_id": user_id}, {"_applied": 0}) or {}
-        return BuyerFacts(
-            buyer_id=user_id,
-            completed_orders=tuple((c["order_id"], c["at"]) for c in doc.get("completed_orders", [])),
-            seller_account=tuple(Change(c["at"], c["on"]) for c in doc.get("seller_account", [])),
-            review_right=tuple(Change(c["at"], c["on"], c.get("reason")) for c in doc.get("review_right", [])),
-        )
+        return buyer_facts_of(user_id, await self.buyers.find_one({"_id": user_id}, {"_applied": 0}))
 
     # ------------------------------------------------------------ reviews
 
@@ -128,6 +106,36 @@ class Repository:
                                     {"_outbox": 0, "_applied": 0, "eligibility": 0})
                   .sort("published_at", DESCENDING).limit(limit))
         return await cursor.to_list()
+
+
+def order_facts_of(doc: dict[str, Any] | None) -> OrderFacts | None:
+    """An order's facts from its document; None while no order event named its parties."""
+    if doc is None or not doc.get("buyer_id"):
+        return None
+    cancelled = doc.get("cancelled") or {}
+    return OrderFacts(
+        order_id=doc["_id"],
+        buyer_id=doc["buyer_id"],
+        seller_id=doc["seller_id"],
+        state=_state(doc),
+        cancelled_at=cancelled.get("at"),
+        cancel_cause=cancelled.get("cause"),
+        due_dates=tuple(DueDate(d["set_at"], d["due_at"], d["source"]) for d in doc.get("due_dates", [])),
+        deliveries=tuple(d["at"] for d in doc.get("deliveries", [])),
+        messages=tuple(Message(m["key"], m["sender_id"], m["recipient_id"], m["sent_at"])
+                       for m in doc.get("messages", [])),
+        seller_silences=tuple(SellerSilence(s["request_id"], s["at"]) for s in doc.get("seller_silences", [])),
+    )
+
+
+def buyer_facts_of(user_id: str, doc: dict[str, Any] | None) -> BuyerFacts:
+    doc = doc or {}
+    return BuyerFacts(
+        buyer_id=user_id,
+        completed_orders=tuple((c["order_id"], c["at"]) for c in doc.get("completed_orders", [])),
+        seller_account=tuple(Change(c["at"], c["on"]) for c in doc.get("seller_account", [])),
+        review_right=tuple(Change(c["at"], c["on"], c.get("reason")) for c in doc.get("review_right", [])),
+    )
 
 
 def _state(doc: dict[str, Any]) -> str | None:
