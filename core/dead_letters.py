@@ -39,6 +39,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+import aio_pika
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
 from pydantic import Field
@@ -198,7 +199,11 @@ class DeadLetters:
         taken = 0
         try:
             for dead_queue in self.queues():
-                queue = await channel.get_queue(dead_queue)
+                try:
+                    queue = await channel.get_queue(dead_queue)
+                except aio_pika.exceptions.ChannelClosed:  # not declared yet: nothing there
+                    channel = await self.bus.connection.channel()
+                    continue
                 while (message := await queue.get(no_ack=False, fail=False)) is not None:
                     await self.keep(message)
                     await message.ack()

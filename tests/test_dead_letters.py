@@ -4,6 +4,12 @@ copy, processes nothing twice; a discard removes only what it names."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -17,6 +23,7 @@ from tests import flaky_plugin
 from tests.harness import ORDER, Harness
 from tests.support import consumed, eventually
 
+ROOT = Path(__file__).resolve().parent.parent
 ADMIN = Actor(id="ada", role="admin")
 FLAKY = {"plugins": {"extra": ["tests.flaky_plugin"]}, "bus": {"delivery_limit": 2}}
 
@@ -290,3 +297,48 @@ async def test_queue_depths_and_dead_letter_counts_are_prometheus_gauges() -> No
         await service.services.dead_letters.discard(queue, ["poke-g1"], "test", ADMIN)
         await h.client(service).get("/metrics", expect=200)
         assert registry.get_sample_value("rescenter_dead_letters", {"queue": queue, "reason": "delivery_limit"}) == 1
+
+
+def rescenter(h: Harness, *args: str) -> subprocess.CompletedProcess[str]:
+    """`rescenter ...` as an operator runs it, against this test's store, broker and plugins."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESCENTER_")}
+    env.update({"RESCENTER_STORE__DATABASE": h.settings.store.database, "RESCENTER_STORE__URL": h.settings.store.url,
+                "RESCENTER_BUS__URL": h.settings.bus.url, "RESCENTER_BUS__EXCHANGE": h.settings.bus.exchange,
+                "RESCENTER_BUS__QUEUE_PREFIX": h.settings.bus.queue_prefix,
+                "RESCENTER_PLUGINS__EXTRA": '["tests.flaky_plugin"]', "RESCENTER_CLOCK__MODE": "test",
+                "RESCENTER_SERVICE__ENVIRONMENT": "test"})
+    return subprocess.run([sys.executable, "-m", "core.cli", "--log-level", "WARNING", "dead-letters", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+async def test_the_command_line_lists_shows_replays_and_discards_dead_letters() -> None:
+    async with Harness() as h:
+        service = await h.start_instance(**FLAKY)
+        queue = dead_queue(h, "flaky_plugin")
+        await dead_letter_pokes(h, service, "poke-c1", "poke-c2", "poke-c3")
+
+        listed = await asyncio.to_thread(rescenter, h, "list")
+        assert listed.returncode == 0, listed.stderr
+        [line] = [line for line in listed.stdout.splitlines() if line.startswith(queue)]
+        assert line.split()[1] == "3" and line.endswith("delivery_limit 3")
+
+        shown = await asyncio.to_thread(rescenter, h, "show", queue, "--limit", "2")
+        page = json.loads(shown.stdout)
+        assert len(page["messages"]) == 2 and page["next_after"] == page["messages"][-1]["id"]
+
+        discarded = await asyncio.to_thread(rescenter, h, "discard", queue, "poke-c2", "--reason", "a test",
+                                            "--actor", "ops-1")
+        assert json.loads(discarded.stdout)["discarded"] == ["poke-c2"], discarded.stderr
+        record = await service.services.dead_letters.get(queue, "poke-c2")
+        assert (record.history[-1].actor.id, record.history[-1].actor.role) == ("ops-1", "admin")
+
+        await flaky_plugin.set_broken(service.services.store, False)
+        replayed = await asyncio.to_thread(rescenter, h, "replay", queue, "--all")
+        assert sorted(json.loads(replayed.stdout)["replayed"]) == ["poke-c1", "poke-c3"], replayed.stderr
+        for id in ("poke-c1", "poke-c3"):
+            assert (await eventually(lambda id=id: handled(service, id)))["applied"] == 1
+
+        unknown = await asyncio.to_thread(rescenter, h, "show", "no.such.dead")
+        assert unknown.returncode == 1 and "no dead-letter queue named 'no.such.dead'" in unknown.stderr
+        nothing = await asyncio.to_thread(rescenter, h, "replay", queue)
+        assert nothing.returncode == 2 and "--all" in nothing.stderr
