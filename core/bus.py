@@ -48,7 +48,7 @@ from aio_pika.exceptions import DeliveryError
 
 from core.errors import RescenterError, Unavailable
 from core.locks import KeyedLocks
-from core.messages import Actor, Catalogue, Envelope, MessageData, Queue, Topology
+from core.messages import REQUEST_ID, Actor, Catalogue, Envelope, MessageData, Queue, Topology
 from core.metrics import Metrics
 from core.settings import BusAuthorization, BusSettings
 
@@ -398,8 +398,10 @@ class Bus:
             await self._settle_dead(group, message, "invalid", exc.detail)
             return
         structlog.contextvars.bind_contextvars(
-            message_id=envelope.id, type=envelope.type, order_id=envelope.subject, plugin=group.name
+            message_id=envelope.id, type=envelope.type, order_id=envelope.subject, plugin=group.name,
+            request_id=envelope.requestid,
         )
+        REQUEST_ID.set(envelope.requestid)  # what the handler publishes carries the same request id
         if self.catalogue.types[envelope.type].direction == "consume":
             sender = self.sender(message)
             refusal = self.senders.refusal(sender, envelope.type, data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -39,6 +40,10 @@ class Envelope(BaseModel):
                     "message rescenter publishes has one.")
     datacontenttype: Literal["application/json"] = "application/json"
     data: dict[str, Any] = Field(default_factory=dict)
+    requestid: str | None = Field(
+        default=None, max_length=128,
+        description="CloudEvents extension: the `X-Request-Id` of the HTTP request that caused this message, "
+                    "directly or through the messages it caused in turn; absent when none did.")
 
     def body(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()
@@ -107,6 +112,11 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+#: the request id of the HTTP request (or of the message) being handled: every envelope made while
+#: it is set carries it (core.http.app sets it per request, core.bus per message)
+REQUEST_ID: ContextVar[str | None] = ContextVar("rescenter_request_id", default=None)
+
+
 def make_envelope(
     type_: str,
     data: MessageData,
@@ -123,6 +133,7 @@ def make_envelope(
         time=time,
         subject=subject,
         data=data.model_dump(mode="json", exclude_none=True),
+        requestid=REQUEST_ID.get(),
     )
 
 
