@@ -32,6 +32,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -321,7 +322,8 @@ class Bus:
                 "x-rescenter-error": error[:2000],
                 "x-rescenter-queue": self.queue_name(group.name),
                 "x-rescenter-routing-key": message.routing_key or "",
-                "x-rescenter-dead-at": time.time(),
+                # A string: an AMQP table sends a float as 32 bits, which rounds today's epoch to minutes.
+                "x-rescenter-dead-at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             }
         )
         # The dead letter is ours to publish: the sender is kept as a header, always set by us

@@ -638,7 +638,9 @@ def _dead_letter_message(topology: Topology) -> dict[str, Any]:
                        "headers. A message the service could not even move here is rejected to the broker, "
                        "which dead-letters it without our headers (`x-first-death-reason: rejected`); the "
                        f"broker does the same after {topology.delivery_limit} deliveries "
-                       "(`x-first-death-reason: delivery_limit`).",
+                       "(`x-first-death-reason: delivery_limit`). Each instance's keeper takes every dead "
+                       "letter into the store, where admins list, replay and discard them (README, *Dead "
+                       "letters*): the queue is only their way there.",
         "headers": {
             "type": "object",
             "properties": {
@@ -648,7 +650,15 @@ def _dead_letter_message(topology: Topology) -> dict[str, Any]:
                                                                         "starts with its id (`ORD-1: ...`)."},
                 "x-rescenter-queue": {"type": "string", "description": "The queue it came from."},
                 "x-rescenter-routing-key": {"type": "string"},
-                "x-rescenter-dead-at": {"type": "number", "description": "Unix time, seconds."},
+                "x-rescenter-dead-at": {"type": "string", "format": "date-time",
+                                        "description": "When it was dead-lettered (RFC 3339, UTC)."},
+                "x-rescenter-user-id": {"type": "string", "description": "The broker user that sent it (its "
+                                                                          "AMQP `user_id`; empty when none)."},
+                "x-rescenter-replays": {"type": "integer", "description": "On a message an admin replayed: how "
+                                                                          "many times it was replayed."},
+                "x-rescenter-replayed-for": {"type": "string", "description": "On a replay (published by the "
+                                             "service's own user): the broker user that sent the original, as "
+                                             "whom the service judges it."},
             },
         },
         "payload": {"description": "The original body, unchanged."},
