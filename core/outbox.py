@@ -9,9 +9,10 @@ document still holds them; the sweeper of any instance finds it by
 `_outbox_due` and applies them. So no event is lost, and none is published for
 a change that was not stored.
 
-Effects are applied at least once, in document order; consumers are idempotent
-on the event id and deadline upserts on the deadline id. Entries are stored as
-JSON strings so that what we remove is byte-for-byte what we read.
+Effects are applied at least once, deadline changes before events, each kind in
+document order; consumers are idempotent on the event id and deadline upserts
+on the deadline id. Entries are stored as JSON strings so that what we remove is
+byte-for-byte what we read.
 
 Without a fault each effect is applied once, even with several instances on one
 document. Each entry names the write that staged it (`writer`, a token) and
@@ -228,20 +229,23 @@ class Outbox:
             await batcher.write(UpdateOne({"_id": doc_id}, {"$pullAll": {"_outbox": entries}}))
 
     async def _apply_all(self, entries: list[dict[str, str]]) -> None:
-        """Apply in document order. A run of deadline changes, each on a different
-        deadline, goes to the store together (their order cannot matter)."""
+        """The deadline changes first, then the events, each kind in document order: whoever
+        acts on an event finds the deadlines already as the change left them (a buyer who
+        accepts on `order.delivered` cancels an auto-completion that is already scheduled;
+        a clock moved on `order.delivery_extended` finds the late deadline moved). A run of
+        deadline changes, each on a different deadline, goes to the store together."""
         run: dict[str, dict[str, str]] = {}
         for entry in entries:
-            if entry["kind"] in ("schedule", "cancel") and entry["id"] not in run:
-                run[entry["id"]] = entry
+            if entry["kind"] not in ("schedule", "cancel"):
                 continue
-            await asyncio.gather(*(self._apply(e) for e in run.values()))
-            run = {}
-            if entry["kind"] in ("schedule", "cancel"):
-                run[entry["id"]] = entry
-            else:
-                await self._apply(entry)
+            if entry["id"] in run:  # the same deadline again: after the first change
+                await asyncio.gather(*(self._apply(e) for e in run.values()))
+                run = {}
+            run[entry["id"]] = entry
         await asyncio.gather(*(self._apply(e) for e in run.values()))
+        for entry in entries:
+            if entry["kind"] not in ("schedule", "cancel"):
+                await self._apply(entry)
 
     async def _apply(self, entry: dict[str, str]) -> None:
         if entry["kind"] == "publish":

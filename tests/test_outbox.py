@@ -337,3 +337,31 @@ async def test_ORD_6_a_running_instance_sweeps_what_a_dead_one_left_once_its_rec
         await h.probe.wait_for("order.requirements_submitted", lambda m: m.subject == order_id, timeout=10)
         assert _full_sweeps(b) == sweeps_before + 1  # for the dead instance, not on a timer
         assert await b.services.store.collection("outbox_instances").count_documents({}) == 1  # b's own
+
+
+async def test_ORD_4_an_event_goes_out_after_the_deadlines_its_change_moved() -> None:
+    """Whoever acts on `order.delivered` (a buyer accepting) must find the auto-completion
+    scheduled, or its cancellation finds nothing and the deadline is scheduled after it:
+    the deadline changes of a write are applied before its events are published."""
+    async with Harness() as h:
+        a = await h.start_instance()
+        assert a.services is not None
+        scheduler = a.services.scheduler
+        buyer, seller = h.client(a, "buyer-1", "buyer"), h.client(a, "seller-1", "seller")
+        order_id = (await buyer.post("/orders", ORDER, expect=201))["id"]
+        await buyer.post(f"/orders/{order_id}/requirements", {"requirements": "x"}, expect=200)
+        real_publish = a.services.bus.publish
+        seen: dict[str, list[tuple[str, str]]] = {}
+
+        async def publish_noting_deadlines(envelope: Any, **kwargs: Any) -> None:
+            if envelope.subject == order_id:
+                seen[envelope.type] = [(d["kind"], d["state"]) for d in await scheduler.for_subject(order_id)]
+            await real_publish(envelope, **kwargs)
+
+        a.services.bus.publish = publish_noting_deadlines  # type: ignore[method-assign]
+        await seller.post(f"/orders/{order_id}/deliveries", {"message": "done"}, expect=200)
+        await h.probe.wait_for("order.delivered", lambda m: m.subject == order_id)
+        assert sorted(seen["order.delivered"]) == [("order.auto_complete", "pending"), ("order.late", "cancelled")]
+        await buyer.post(f"/orders/{order_id}/acceptance", {}, expect=200)
+        await h.probe.wait_for("order.completed", lambda m: m.subject == order_id)
+        assert sorted(seen["order.completed"]) == [("order.auto_complete", "cancelled"), ("order.late", "cancelled")]
