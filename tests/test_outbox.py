@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -177,7 +177,9 @@ async def _stage(service: Any, event: Envelope | None) -> dict[str, Any]:
 async def test_ORD_6_a_writer_leaves_a_live_writers_events_to_it_and_publishes_its_own_after_them() -> None:
     """Two instances change one document in turn; the second reads the first's event still
     pending. Before: it published that event too (a duplicate on every such race)."""
-    async with Harness() as h:
+    # A lease longer than the harness's 1 s: A must stay a live writer while B's steps run,
+    # however slow a loaded machine makes them.
+    async with Harness(outbox={"lease": timedelta(seconds=3)}) as h:
         a, b = await h.start_instance(), await h.start_instance()
         assert a.services is not None and b.services is not None
         for service in (a, b):
