@@ -1,0 +1,389 @@
+"""The console's pages (a sub-application mounted at `/console`).
+
+Pages read through the JSON API's routes (`core.console.api`); forms post here,
+carry a CSRF token, call the route the JSON API would, then redirect back to the
+page (post/redirect/get). A refusal is shown as a readable page, not as JSON.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import aiohttp_jinja2
+import jinja2
+import structlog
+from aiohttp import web
+
+from core.console.api import Answer, ApiCaller
+from core.console.session import CSRF_FIELD, Session, require
+from core.errors import Forbidden, InvalidInput, NotFound, RescenterError, Unauthenticated
+from core.http.app import ROUTES, SERVICES
+from core.http.auth import Principal
+from core.http.routes import SUPPORT
+from core.order_pages import order_page
+from core.orders import COLLECTION as ORDERS
+from core.orders import public_view
+
+log = structlog.get_logger("rescenter.console")
+
+SESSION: web.AppKey[Session] = web.AppKey("console_session", Session)
+FINAL_STATES = ("completed", "cancelled")
+#: Orders listed per party on a search by buyer or seller id.
+SEARCH_LIMIT = 50
+#: What a form did, shown on the page it redirects to (?done=...).
+NOTICES = {
+    "cancelled": "The order was cancelled.",
+    "flagged": "The cancellation was flagged: it no longer counts in the seller's completion rate (MET-2).",
+    "unflagged": "The flag was cleared.",
+    "review-removed": "The review was removed; the reason is kept on record (REV-8).",
+    "switched-on": "The plugin was switched on; every instance follows within seconds.",
+    "switched-off": "The plugin was switched off; every instance follows within seconds.",
+}
+
+
+# ---------------------------------------------------------------- plumbing
+
+
+def signed_in(request: web.Request) -> Principal | None:
+    """The caller of the session cookie (checked again on each use: a signature check is cheap,
+    and the request keeps no state of the console's)."""
+    return request.app[SESSION].principal(request)
+
+
+def api(request: web.Request) -> ApiCaller:
+    return ApiCaller(request, request.config_dict[ROUTES], request.config_dict[SERVICES], signed_in(request))
+
+
+def render(request: web.Request, template: str, context: dict[str, Any], *, status: int = 200) -> web.Response:
+    session = request.app[SESSION]
+    seed, new = session.csrf_seed(request)
+    caller = api(request)
+    services = request.config_dict[SERVICES]
+    notice = NOTICES.get(request.query.get("done", ""))
+    base = {
+        "principal": caller.principal,
+        "csrf_field": CSRF_FIELD,
+        "csrf_token": session.csrf_token(seed),
+        "may": caller.may,
+        "clock_mode": services.clock.mode,
+        "notice": notice,
+        "now": services.clock.now(),
+    }
+    response = aiohttp_jinja2.render_template(template, request, {**base, **context}, status=status)
+    if new:
+        session.remember_seed(request, response, seed)
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Content-Security-Policy"] = "default-src 'self'; frame-ancestors 'none'; form-action 'self'"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
+
+
+async def form_of(request: web.Request) -> dict[str, str]:
+    """The posted form, once its CSRF token was checked."""
+    form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+    request.app[SESSION].check_csrf(request, form)
+    return form
+
+
+def back_to(location: str, done: str | None = None) -> web.HTTPSeeOther:
+    return web.HTTPSeeOther(f"{location}?done={done}" if done else location)
+
+
+@web.middleware
+async def console_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Who is signed in; and every refusal as a page: RFC 9457's fields in words."""
+    try:
+        try:
+            signed_in(request)
+        except Unauthenticated as exc:
+            response = web.Response(status=303, headers={"Location": "/console/sign-in?expired=1"})
+            Session.sign_out(response)  # a token no longer valid (expired): the session ends
+            return response
+        return await handler(request)
+    except Unauthenticated as exc:
+        if request.method == "GET":
+            raise web.HTTPSeeOther("/console/sign-in") from exc
+        return render(request, "problem.html", {"problem": exc.to_problem()}, status=exc.status)
+    except RescenterError as exc:
+        if exc.status >= 500:
+            log.warning("console request failed", path=request.path, error=exc.detail)
+        return render(request, "problem.html", {"problem": exc.to_problem()}, status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        problem = {"type": "about:blank", "title": exc.reason, "status": exc.status, "detail": exc.reason}
+        return render(request, "problem.html", {"problem": problem}, status=exc.status)
+
+
+# ---------------------------------------------------------------- sign-in
+
+
+async def home(request: web.Request) -> web.StreamResponse:
+    principal = signed_in(request)
+    if principal is None:
+        raise web.HTTPSeeOther("/console/sign-in")
+    return render(request, "home.html", {})
+
+
+async def sign_in_page(request: web.Request) -> web.StreamResponse:
+    return render(request, "sign_in.html", {"expired": "expired" in request.query})
+
+
+async def sign_in(request: web.Request) -> web.StreamResponse:
+    form = await form_of(request)
+    token = form.get("token", "")
+    response = web.Response(status=303, headers={"Location": "/console/"})
+    if not token.strip():
+        raise InvalidInput("paste a token to sign in", field="token")
+    request.app[SESSION].sign_in(request, response, token)
+    return response
+
+
+async def sign_out(request: web.Request) -> web.StreamResponse:
+    await form_of(request)
+    response = web.Response(status=303, headers={"Location": "/console/sign-in"})
+    Session.sign_out(response)
+    return response
+
+
+# ---------------------------------------------------------------- plugins
+
+
+async def queue_figures(services: Any, plugin: str) -> dict[str, int | None]:
+    """The plugin's queue depth, its consumers (every instance) and its dead letters, read
+    from the broker; None where the plugin has no queue or the broker did not say."""
+    bus = services.bus
+    figures: dict[str, int | None] = {"depth": None, "consumers": None, "dead": None}
+    if plugin not in bus.groups or bus.connection is None:
+        return figures
+    try:
+        channel = await bus.connection.channel()
+        try:
+            queue = await channel.declare_queue(bus.queue_name(plugin), passive=True)
+            dead = await channel.declare_queue(bus.dead_queue_name(plugin), passive=True)
+            figures["depth"] = queue.declaration_result.message_count
+            figures["consumers"] = queue.declaration_result.consumer_count
+            figures["dead"] = dead.declaration_result.message_count
+        finally:
+            await channel.close()
+    except Exception as exc:  # the page still shows the rest
+        log.warning("queue figures unavailable", plugin=plugin, error=str(exc))
+    return figures
+
+
+async def plugins_page(request: web.Request) -> web.StreamResponse:
+    require(signed_in(request))
+    caller = api(request)
+    listed = await caller.call("GET", "/admin/plugins")
+    services = request.config_dict[SERVICES]
+    rows = [{**plugin, **(await queue_figures(services, plugin["name"]))} for plugin in listed["plugins"]]
+    return render(request, "plugins.html", {"plugins": rows})
+
+
+def _plugin_target(request: web.Request, value: str | None) -> bool:
+    if value not in ("on", "off"):
+        raise InvalidInput("the switch goes 'on' or 'off'", field="to")
+    return value == "on"
+
+
+async def plugin_switch_page(request: web.Request) -> web.StreamResponse:
+    """The confirmation step: switching a plugin changes every instance."""
+    name = request.match_info["name"]
+    caller = api(request)
+    require(signed_in(request))
+    listed = await caller.call("GET", "/admin/plugins")
+    plugin = next((p for p in listed["plugins"] if p["name"] == name), None)
+    if plugin is None:
+        raise NotFound(f"no plugin named {name!r}")
+    on = _plugin_target(request, request.query.get("to"))
+    if not caller.may("PUT", "/admin/plugins/{name}"):
+        raise Forbidden("switching a plugin needs the role admin")
+    return render(request, "plugin_switch.html", {"plugin": plugin, "on": on})
+
+
+async def plugin_switch(request: web.Request) -> web.StreamResponse:
+    form = await form_of(request)
+    name = request.match_info["name"]
+    on = _plugin_target(request, form.get("to"))
+    await api(request).call("PUT", "/admin/plugins/{name}", body={"enabled": on}, name=name)
+    raise back_to("/console/plugins", "switched-on" if on else "switched-off")
+
+
+# ---------------------------------------------------------------- orders
+
+
+async def orders_search(request: web.Request) -> web.StreamResponse:
+    """By order id, or every order of a buyer or a seller (support and admins)."""
+    principal = require(signed_in(request))
+    query = request.query.get("q", "").strip()
+    found: dict[str, list[dict[str, Any]]] = {}
+    if query:
+        caller = api(request)
+        order = await caller.answer("GET", "/orders/{order_id}", order_id=query)
+        if order.ok:
+            raise web.HTTPSeeOther(f"/console/orders/{query}")
+        if principal.has_any(SUPPORT):
+            # The same pages as GET /orders, for any party: support reads every order.
+            collection = request.config_dict[SERVICES].store.collection(ORDERS)
+            for role in ("buyer", "seller"):
+                page = await order_page(collection, role, query, limit=SEARCH_LIMIT)
+                if page.orders:
+                    found[role] = [public_view(o) for o in page.orders]
+    return render(request, "orders_search.html", {"query": query, "found": found,
+                                                  "support": principal.has_any(SUPPORT)})
+
+
+async def order_page_view(request: web.Request) -> web.StreamResponse:
+    require(signed_in(request))
+    order_id = request.match_info["order_id"]
+    caller = api(request)
+    order = await caller.call("GET", "/orders/{order_id}", order_id=order_id)
+    timeline = await caller.call("GET", "/orders/{order_id}/timeline", order_id=order_id)
+
+    async def section(path: str) -> Answer | None:
+        return await caller.answer("GET", path, order_id=order_id) if caller.may("GET", path) else None
+
+    review = await section("/orders/{order_id}/review")
+    context = {
+        "order": order,
+        "timeline": timeline["entries"],
+        "resolution": await section("/orders/{order_id}/resolution"),
+        "deadlines": await section("/orders/{order_id}/deadlines"),
+        "eligibility": await section("/orders/{order_id}/review-eligibility"),
+        "review": review if review is not None and (review.ok or review.problem.status != 404) else None,
+        "flag": await section("/orders/{order_id}/cancellation-flag") if order["state"] == "cancelled" else None,
+        "final": order["state"] in FINAL_STATES,
+    }
+    return render(request, "order.html", context)
+
+
+async def order_cancel(request: web.Request) -> web.StreamResponse:
+    form = await form_of(request)
+    order_id = request.match_info["order_id"]
+    await api(request).call("POST", "/orders/{order_id}/cancellation", body={"reason": form.get("reason", "")},
+                            order_id=order_id)
+    raise back_to(f"/console/orders/{order_id}", "cancelled")
+
+
+async def order_flag(request: web.Request) -> web.StreamResponse:
+    form = await form_of(request)
+    order_id = request.match_info["order_id"]
+    caller = api(request)
+    if form.get("flag") == "none":
+        await caller.call("DELETE", "/orders/{order_id}/cancellation-flag", order_id=order_id)
+        raise back_to(f"/console/orders/{order_id}", "unflagged")
+    await caller.call("PUT", "/orders/{order_id}/cancellation-flag",
+                      body={"flag": form.get("flag", ""), "note": form.get("note", "")}, order_id=order_id)
+    raise back_to(f"/console/orders/{order_id}", "flagged")
+
+
+async def review_removal(request: web.Request) -> web.StreamResponse:
+    form = await form_of(request)
+    order_id = request.match_info["order_id"]
+    await api(request).call("POST", "/reviews/{review_id}/removal", body={"reason": form.get("reason", "")},
+                            review_id=form.get("review_id", ""))
+    raise back_to(f"/console/orders/{order_id}", "review-removed")
+
+
+# ---------------------------------------------------------------- sellers
+
+
+async def sellers_search(request: web.Request) -> web.StreamResponse:
+    require(signed_in(request))
+    query = request.query.get("q", "").strip()
+    if query:
+        raise web.HTTPSeeOther(f"/console/sellers/{query}")
+    return render(request, "seller_search.html", {})
+
+
+async def seller_page(request: web.Request) -> web.StreamResponse:
+    require(signed_in(request))
+    seller_id = request.match_info["seller_id"]
+    caller = api(request)
+
+    async def section(path: str) -> Answer | None:
+        return await caller.answer("GET", path, seller_id=seller_id) if caller.may("GET", path) else None
+
+    return render(request, "seller.html", {
+        "seller_id": seller_id,
+        "metrics": await section("/sellers/{seller_id}/metrics"),
+        "availability": await section("/availability/sellers/{seller_id}"),
+        "availability_settings": await section("/availability/sellers/{seller_id}/settings"),
+        "blocked": await section("/blocking/sellers/{seller_id}/blocked-buyers"),
+    })
+
+
+# ---------------------------------------------------------------- clock
+
+
+async def clock_page(request: web.Request) -> web.StreamResponse:
+    require(signed_in(request))
+    clock = await api(request).call("GET", "/admin/clock")
+    return render(request, "clock.html", {"clock": clock, "fired": None})
+
+
+async def clock_advance(request: web.Request) -> web.StreamResponse:
+    form = await form_of(request)
+    caller = api(request)
+    moved = await caller.call("POST", "/admin/clock/advance", body={"by": form.get("by", "").strip()})
+    # Rendered, not redirected: what fired on the way is this answer's alone.
+    return render(request, "clock.html", {"clock": moved, "fired": moved["fired"], "by": form.get("by")})
+
+
+# ---------------------------------------------------------------- the app
+
+
+def when(value: Any) -> str:
+    """An instant as people read it, in UTC, to the second."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return "" if value is None else str(value)
+
+
+def money(value: Any) -> str:
+    if isinstance(value, dict) and "amount" in value:
+        return f"{value['amount']} {value.get('currency', '')}".strip()
+    return "" if value is None else str(value)
+
+
+def console_app(settings: Any) -> web.Application:
+    app = web.Application(middlewares=[console_middleware])
+    app[SESSION] = Session(settings.auth)
+    environment = aiohttp_jinja2.setup(
+        app, loader=jinja2.PackageLoader("core.console", "templates"), autoescape=True)
+    environment.filters["when"] = when
+    environment.filters["money"] = money
+    app.router.add_get("/", home)
+    app.router.add_get("/sign-in", sign_in_page)
+    app.router.add_post("/sign-in", sign_in)
+    app.router.add_post("/sign-out", sign_out)
+    app.router.add_get("/plugins", plugins_page)
+    app.router.add_get("/plugins/{name}/switch", plugin_switch_page)
+    app.router.add_post("/plugins/{name}/switch", plugin_switch)
+    app.router.add_get("/orders", orders_search)
+    app.router.add_get("/orders/{order_id}", order_page_view)
+    app.router.add_post("/orders/{order_id}/cancel", order_cancel)
+    app.router.add_post("/orders/{order_id}/flag", order_flag)
+    app.router.add_post("/orders/{order_id}/review-removal", review_removal)
+    app.router.add_get("/sellers", sellers_search)
+    app.router.add_get("/sellers/{seller_id}", seller_page)
+    app.router.add_get("/clock", clock_page)
+    app.router.add_post("/clock", clock_advance)
+    app.router.add_static("/static", jinja2_static_dir(), name="static")
+    return app
+
+
+def jinja2_static_dir() -> str:
+    from pathlib import Path
+
+    return str(Path(__file__).parent / "static")
+
+
+__all__ = ["console_app", "Principal"]

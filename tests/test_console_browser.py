@@ -1,0 +1,174 @@
+"""The console (/console) in a real browser: headless Chromium, as an operator uses it.
+Each page visited is saved under docs/console/ (the README shows them) and checked
+with axe-core: no serious accessibility violation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from tests.browser import Browser, start_driver
+from tests.harness import ORDER, Harness
+from tests.support import eventually
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def driver() -> Iterator[Any]:
+    driver = start_driver()
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+async def console(driver: Any) -> AsyncIterator[tuple[Harness, Any, Browser]]:
+    async with Harness() as h:
+        service = await h.start_instance()
+        yield h, service, Browser(driver, f"http://127.0.0.1:{service.port}")
+
+
+async def started_order(h: Harness, service: Any, buyer: str = "buyer-1") -> dict[str, Any]:
+    """An order in progress: placed, its requirements in, due in 3 days (ORD-2)."""
+    client = h.client(service, buyer, "buyer")
+    order = await client.post("/orders", ORDER, expect=201)
+    return await client.post(f"/orders/{order['id']}/requirements", {"requirements": "A logo"}, expect=200)
+
+
+async def test_sign_in_keeps_the_token_in_an_HttpOnly_SameSite_Strict_cookie(console: Any) -> None:
+    h, _, browser = console
+    await browser.do(browser.open, "/console/")
+    assert "Sign in" in await browser.do(browser.title)
+    await browser.do(browser.check, "sign-in")
+    await browser.do(browser.sign_in, h.token("ada", "admin"))
+    text = await browser.do(browser.text)
+    assert "Signed in as ada" in text and "Plugins" in text
+    await browser.do(browser.check, "home")
+    cookie = await browser.do(browser.cookie, "rescenter_session")
+    assert cookie is not None and cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
+
+
+async def test_a_bad_token_is_refused_with_a_readable_problem(console: Any) -> None:
+    _, _, browser = console
+    await browser.do(browser.sign_in, "not-a-token")
+    text = await browser.do(browser.text)
+    assert "Not authenticated" in text and "invalid token" in text and '"status"' not in text
+    assert await browser.do(browser.cookie, "rescenter_session") is None
+
+
+async def test_ORD_5_admin_switches_a_plugin_off_and_on_after_confirming(console: Any) -> None:
+    h, service, browser = console
+    plugins = service.services.plugins
+    await browser.do(browser.sign_in, h.token("ada", "admin"))
+    await browser.do(browser.open, "/console/plugins")
+    text = await browser.do(browser.text)
+    for name in ("availability", "blocking", "disputes", "metrics", "reviews"):
+        assert name in text
+    await browser.do(browser.check, "plugins")
+
+    await browser.do(browser.click, "Switch availability off")
+    assert "Switch availability off?" in await browser.do(browser.text)
+    assert "availability" in plugins.enabled, "the confirmation page switches nothing"
+    await browser.do(browser.check, "plugin-switch")
+    await browser.do(browser.click, "Yes, switch availability off")
+    assert "The plugin was switched off" in await browser.do(browser.text)
+    await eventually(lambda: "availability" not in plugins.enabled, what="availability off")
+    await h.client(service).get("/availability/sellers/bob", expect=503)
+
+    await browser.do(browser.click, "Switch availability on")
+    await browser.do(browser.click, "Yes, switch availability on")
+    await eventually(lambda: "availability" in plugins.enabled, what="availability back on")
+    await h.client(service).get("/availability/sellers/bob", expect=200)
+
+
+async def test_ORD_6_support_finds_an_order_and_reads_its_timeline_and_requests(console: Any) -> None:
+    h, service, browser = console
+    order = await started_order(h, service)
+    seller = h.client(service, "seller-1", "seller")
+    await seller.post(f"/orders/{order['id']}/resolution/requests",
+                      {"kind": "extension_request", "days": 2, "reason": "A second colour scheme"}, expect=201)
+
+    await browser.do(browser.sign_in, h.token("sam", "support"))
+    await browser.do(browser.open, "/console/orders")
+    await browser.do(browser.fill, "q", "buyer-1")
+    await browser.do(browser.submit_form, "/console/orders")
+    text = await browser.do(browser.text)
+    assert "Orders with buyer-1 as buyer" in text and order["id"] in text
+    await browser.do(browser.check, "orders")
+
+    await browser.do(browser.fill, "q", order["id"])
+    await browser.do(browser.submit_form, "/console/orders")
+    text = await browser.do(browser.text)
+    assert f"Order {order['id']}" in text and "in_progress" in text
+    for line in ("order.placed buyer-1 (buyer) ORD-1", "order.requirements_submitted buyer-1 (buyer) ORD-2"):
+        assert line in text
+    # DSP-7, DSP-10: the request, its answer window and what silence will do
+    assert "extension_request DSP-7 seller → buyer open" in text
+    assert "the extension is accepted: the due date moves by 2 day(s)" in text
+    assert "answer_window" in text and "order.late" in text  # the deadlines
+    await browser.do(browser.check, "order")
+
+    await browser.do(browser.open, "/console/sellers/seller-1")
+    text = await browser.do(browser.text)
+    assert "Completion rate (MET-1)" in text and "Success score (MET-4)" in text and "Blocked buyers" in text
+    await browser.do(browser.check, "seller")
+
+
+async def test_MET_2_support_cancels_and_flags_an_order_with_its_forms(console: Any) -> None:
+    h, service, browser = console
+    order = await started_order(h, service)
+    await browser.do(browser.sign_in, h.token("sam", "support"))
+    await browser.do(browser.open, f"/console/orders/{order['id']}")
+    await browser.do(browser.fill, "cancel-reason", "Placed twice by mistake")
+    await browser.do(browser.click, "Cancel the order")
+    text = await browser.do(browser.text)
+    assert "The order was cancelled." in text and "order.cancelled sam (support)" in text
+    assert (await h.client(service, "sam", "support").get(f"/orders/{order['id']}"))["state"] == "cancelled"
+
+    await browser.do(browser.fill, "flag-note", "A duplicate")
+    await browser.do(browser.click, "Save the flag")
+    await eventually(lambda: "flagged" in browser.driver.page_source, what="the flag saved")
+    flag = await h.client(service, "sam", "support").get(f"/orders/{order['id']}/cancellation-flag", expect=200)
+    assert flag["flag"] == "fraud" and flag["note"] == "A duplicate"
+
+
+async def test_ORD_2_admin_advances_the_test_clock_and_sees_a_deadline_fire(console: Any) -> None:
+    h, service, browser = console
+    order = await started_order(h, service)
+    await browser.do(browser.sign_in, h.token("ada", "admin"))
+    await browser.do(browser.open, "/console/clock")
+    assert "Mode: test" in await browser.do(browser.text)
+    await browser.do(browser.fill, "by", "P4D")
+    await browser.do(browser.click, "Advance")
+    text = await browser.do(browser.text)
+    assert "Moved by P4D: what fired" in text and "core order.late" in text, text
+    await browser.do(browser.check, "clock")
+
+    await browser.do(browser.open, f"/console/orders/{order['id']}")
+    assert "(late, ORD-2)" in await browser.do(browser.text)
+
+
+async def test_a_buyer_sees_no_admin_page(console: Any) -> None:
+    h, _, browser = console
+    await browser.do(browser.sign_in, h.token("alice", "buyer"))
+    text = await browser.do(browser.text)
+    assert "Plugins" not in text and "Clock" not in text
+    for path in ("/console/plugins", "/console/clock", "/console/plugins/availability/switch?to=off"):
+        await browser.do(browser.open, path)
+        text = await browser.do(browser.text)
+        assert "Forbidden" in text and "this needs one of the roles" in text, (path, text)
+    await browser.do(browser.check, "forbidden")
+
+
+async def test_a_form_posted_without_its_CSRF_token_is_refused(console: Any) -> None:
+    h, service, browser = console
+    await browser.do(browser.sign_in, h.token("ada", "admin"))
+    await browser.do(browser.open, "/console/plugins/availability/switch?to=off")
+    await browser.do(browser.driver.execute_script,
+                     "document.querySelectorAll('input[name=csrf_token]').forEach(e => e.remove())")
+    await browser.do(browser.click, "Yes, switch availability off")
+    text = await browser.do(browser.text)
+    assert "Forbidden" in text and "CSRF token is missing" in text
+    assert "availability" in service.services.plugins.enabled
