@@ -54,6 +54,9 @@ from core.settings import BusAuthorization, BusSettings
 
 log = structlog.get_logger("rescenter.bus")
 
+#: on a message rescenter replayed from a dead-letter queue: the broker user that sent the original
+REPLAYED_FOR = "x-rescenter-replayed-for"
+
 Handler = Callable[[Envelope, MessageData], Awaitable[None]]
 
 
@@ -259,6 +262,54 @@ class Bus:
             raise Unavailable(f"cannot publish {envelope.type}: {exc!r}") from exc
         self.metrics.published.labels(envelope.type).inc()
 
+    async def send_to_queue(self, queue: str, body: bytes, *, message_id: str | None, type: str | None,
+                            content_type: str | None, headers: dict[str, Any], timeout: float = 10.0) -> None:
+        """Publish straight to one queue (the default exchange), confirmed: a dead letter's replay,
+        which only the plugin that failed it should see again."""
+        if self._publish_channel is None:
+            raise Unavailable("the bus is not connected")
+        message = aio_pika.Message(
+            body, headers=headers, content_type=content_type, message_id=message_id, type=type,
+            user_id=self.own_user, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                await self._publish_channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
+        except DeliveryError as exc:
+            raise Unavailable(f"{queue} did not take the message") from exc
+        except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            raise Unavailable(f"cannot publish to {queue}: {exc!r}") from exc
+
+    async def queue_depths(self, queues: Iterable[str]) -> dict[str, int]:
+        """Messages ready in each queue (a passive declare each; a missing queue is left out)."""
+        if self.connection is None or self.connection.is_closed:
+            raise Unavailable("the bus is not connected")
+        depths: dict[str, int] = {}
+        channel = await self.connection.channel()
+        try:
+            for name in queues:
+                try:
+                    declared = await channel.declare_queue(name, passive=True)
+                except aio_pika.exceptions.ChannelClosed:  # no such queue: the channel is gone
+                    await channel.close()
+                    channel = await self.connection.channel()
+                    continue
+                depths[name] = declared.declaration_result.message_count or 0
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        return depths
+
+    def sender(self, message: AbstractIncomingMessage) -> str | None:
+        """The broker user a message comes from: its `user_id`, which the broker checked; for a
+        dead letter rescenter replayed (core.dead_letters), the user that sent the original."""
+        headers = message.headers or {}
+        if message.user_id and message.user_id == self.own_user and REPLAYED_FOR in headers:
+            original = headers[REPLAYED_FOR]
+            original = original.decode() if isinstance(original, bytes) else str(original)
+            return original or None
+        return message.user_id
+
     async def _dead_letter(
         self, group: ConsumerGroup, message: AbstractIncomingMessage, reason: str, error: str
     ) -> None:
@@ -273,14 +324,17 @@ class Bus:
                 "x-rescenter-dead-at": time.time(),
             }
         )
-        if message.user_id:  # the dead letter is ours to publish: the sender is kept as a header
-            headers["x-rescenter-user-id"] = message.user_id
+        # The dead letter is ours to publish: the sender is kept as a header, always set by us
+        # (a header the sender wrote is not taken for it), and core.dead_letters trusts it
+        # because the dead letter's own user_id is rescenter's.
+        headers["x-rescenter-user-id"] = message.user_id or ""
         dead = aio_pika.Message(
             message.body,
             headers=headers,
             content_type=message.content_type,
             message_id=message.message_id,
             type=message.type,
+            user_id=self.own_user,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         async with asyncio.timeout(10):
@@ -347,9 +401,10 @@ class Bus:
             message_id=envelope.id, type=envelope.type, order_id=envelope.subject, plugin=group.name
         )
         if self.catalogue.types[envelope.type].direction == "consume":
-            refusal = self.senders.refusal(message.user_id, envelope.type, data)
+            sender = self.sender(message)
+            refusal = self.senders.refusal(sender, envelope.type, data)
             if refusal is not None:
-                log.warning("unauthorized message dead-lettered", error=refusal, user_id=message.user_id)
+                log.warning("unauthorized message dead-lettered", error=refusal, user_id=sender)
                 await self._settle_dead(group, message, "unauthorized", refusal)
                 return
         handler = group.handler_for(envelope.type)

@@ -8,6 +8,10 @@
     rescenter token SUB ROLE...        mint a development token with the configured secret
     rescenter check-config             validate the configuration and print it
     rescenter demo [--url URL]         load a small demo data set through a running service's API
+    rescenter dead-letters list        every dead-letter queue: count, oldest, by reason
+    rescenter dead-letters show QUEUE [--limit N] [--after ID]   a page of one queue's dead letters
+    rescenter dead-letters replay QUEUE (ID... | --all)          back to the plugin's queue, once each
+    rescenter dead-letters discard QUEUE ID... --reason TEXT     out of the list, with why
     rescenter PLUGIN COMMAND ...       a command a plugin declares (hook `register_commands`),
                                        e.g. `rescenter metrics rebuild`
 """
@@ -31,7 +35,7 @@ if TYPE_CHECKING:
     from core.plugins import PluginRegistry
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-CORE_COMMANDS = frozenset({"run", "plugins", "docs", "token", "check-config", "demo"})
+CORE_COMMANDS = frozenset({"run", "plugins", "docs", "token", "check-config", "demo", "dead-letters"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                                       "service; running it again adds nothing (core/demo.py).")
     demo.add_argument("--url", default=os.environ.get("RESCENTER_URL") or "http://127.0.0.1:8080",
                       help="the service's base URL (default: $RESCENTER_URL, else http://127.0.0.1:8080)")
+    _add_dead_letter_commands(sub)
     try:
         settings: Settings | None = load_settings()
         settings_error = None
@@ -87,9 +92,85 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "demo":
         return asyncio.run(_demo(settings, args.url))
+    if args.command == "dead-letters":
+        return asyncio.run(_dead_letters(settings, args))
     if args.command in plugin_commands:
         return asyncio.run(_plugin_command(settings, plugin_commands[args.command][args.plugin_command], args))
     return 2
+
+
+def _add_dead_letter_commands(sub: Any) -> None:
+    parser = sub.add_parser(
+        "dead-letters", help="list, show, replay or discard dead letters",
+        description="Dead letters, as GET/POST/DELETE /admin/dead-letters do it (core/dead_letters.py): straight "
+                    "on the store and the broker, whether an instance runs or not.")
+    actions = parser.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="every dead-letter queue: count, oldest first death, count by reason")
+    show = actions.add_parser("show", help="a page of one queue's dead letters, as JSON")
+    show.add_argument("queue", help="the dead-letter queue, e.g. rescenter.core.dead")
+    show.add_argument("--limit", type=int, default=50, help="messages per page (1 to 200)")
+    show.add_argument("--after", help="the next_after of the previous page")
+    replay = actions.add_parser("replay", help="send dead letters back to the plugin's queue, once each")
+    replay.add_argument("queue")
+    replay.add_argument("ids", nargs="*", help="the ids to replay")
+    replay.add_argument("--all", action="store_true", help="every dead letter of the queue (name no ids)")
+    discard = actions.add_parser("discard", help="take dead letters out of the list, with a reason")
+    discard.add_argument("queue")
+    discard.add_argument("ids", nargs="+")
+    discard.add_argument("--reason", required=True)
+    for action in (replay, discard):
+        action.add_argument("--actor", default=None,
+                            help="who does it, recorded on each message (default: cli:<login name>)")
+
+
+async def _dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    """The dead letters of the queues the configured core and plugins declare. What waits in a
+    dead-letter queue is kept first (a running instance's keeper does it too)."""
+    import getpass
+
+    from core.bus import Bus, ConsumerGroup
+    from core.dead_letters import DeadLetters
+    from core.errors import RescenterError
+    from core.messages import Actor, core_catalogue
+    from core.metrics import Metrics
+    from core.store import Store
+
+    store = Store(settings.store.url, settings.store.database)
+    await store.connect()
+    bus = Bus(settings.bus, core_catalogue(), Metrics())
+    try:
+        await bus.connect()
+        groups = ["core"] + [result.plugin for result in _declarations(settings).call_each(
+            "register_subscriptions", services=_declaring_services(settings)) if result.value]
+        for name in groups:  # named, not declared: the service declares them
+            bus.groups[name] = ConsumerGroup(name, [])
+        if args.action == "replay" and args.all == bool(args.ids):
+            print("rescenter dead-letters replay: name the ids to replay, or --all", file=sys.stderr)
+            return 2
+        dead_letters = DeadLetters(bus, store)
+        await dead_letters.create_indexes()
+        await dead_letters.collect()
+        actor = Actor(id=getattr(args, "actor", None) or f"cli:{getpass.getuser()}", role="admin")
+        if args.action == "list":
+            for row in (await dead_letters.summary()).queues:
+                reasons = ", ".join(f"{reason} {count}" for reason, count in row.by_reason.items())
+                oldest = row.oldest.isoformat() if row.oldest else "-"
+                print(f"{row.queue:<40} {row.count:>6}  oldest {oldest}  {reasons}".rstrip())
+            return 0
+        if args.action == "show":
+            result: Any = await dead_letters.page(args.queue, args.limit, args.after)
+        elif args.action == "replay":
+            result = await dead_letters.replay(args.queue, None if args.all else args.ids, actor)
+        else:
+            result = await dead_letters.discard(args.queue, args.ids, args.reason, actor)
+        print(result.model_dump_json(indent=2))
+        return 0
+    except RescenterError as exc:
+        print(f"rescenter dead-letters: {exc.detail}", file=sys.stderr)
+        return 1
+    finally:
+        await bus.close()
+        await store.close()
 
 
 def _declarations(settings: Settings) -> PluginRegistry:

@@ -47,3 +47,12 @@ class Metrics:
             registry=r, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
         )
         self.plugin_enabled = Gauge("rescenter_plugin_enabled", "1 when the plugin is on.", ["plugin"], registry=r)
+        # Read from the broker and the store on each scrape (core.dead_letters.DeadLetters.refresh_gauges).
+        self.queue_messages = Gauge(
+            "rescenter_queue_messages", "Messages ready in a queue (each group's queue and its dead-letter queue).",
+            ["queue"], registry=r,
+        )
+        self.dead_letters = Gauge(
+            "rescenter_dead_letters", "Dead letters waiting for a decision, by dead-letter queue and reason "
+            "(reason `all`: the queue's total).", ["queue", "reason"], registry=r,
+        )

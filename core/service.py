@@ -12,6 +12,7 @@ from aiohttp import web
 from core.bus import Bus, Subscription
 from core.clock import Clock, SystemClock, TestClock
 from core.console import console_app
+from core.dead_letters import DeadLetters
 from core.http.app import build_app
 from core.http.core_routes import core_routes
 from core.http.idempotency import IdempotencyKeys
@@ -95,6 +96,8 @@ class Service:
             subscriptions.setdefault(result.plugin, []).extend(result.value)
         for plugin, declared in subscriptions.items():
             await bus.declare_group(plugin, declared)
+        services.dead_letters = DeadLetters(bus, store, metrics)
+        await services.dead_letters.start()
         scheduler.register(CORE_OWNER, LATE, orders.on_late)
         scheduler.register(CORE_OWNER, AUTO_COMPLETE, orders.on_auto_complete)
         for result in plugins.call_each("register_deadline_handlers", services=services):
@@ -157,6 +160,8 @@ class Service:
             return
         await services.plugins.stop()
         await services.scheduler.stop()
+        if services.dead_letters is not None:
+            await services.dead_letters.stop()
         await services.bus.close()  # cancels consumers, drains in-flight handlers
         await services.outbox.stop()
         if self.idempotency is not None:

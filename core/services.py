@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from core.bus import Bus
     from core.clock import Clock
+    from core.dead_letters import DeadLetters
     from core.messages import Actor, Catalogue
     from core.metrics import Metrics
     from core.orders import OrderService
@@ -43,3 +44,5 @@ class Services:
     catalogue: Catalogue
     metrics: Metrics
     instance: str
+    #: dead letters of every queue: kept, listed, replayed, discarded (set once the queues are declared)
+    dead_letters: DeadLetters | None = None

@@ -237,23 +237,25 @@ class Harness:
         await channel.close()
         return envelope
 
-    async def dead_letters(self, group: str, *, count: int = 1, timeout: float = 10.0) -> list[aio_pika.abc.AbstractIncomingMessage]:
-        """Read (and ack) messages from a group's dead-letter queue."""
-        connection = await aio_pika.connect_robust(self.settings.bus.url)
-        got: list[aio_pika.abc.AbstractIncomingMessage] = []
+    async def dead_letters(self, group: str, *, count: int = 1, timeout: float = 10.0) -> list[Any]:
+        """The group's dead letters as the service kept them (core.dead_letters: the keeper takes
+        them from the dead-letter queue into the store), once `count` are there: each with the
+        `headers` and `message_id` it died with."""
+        from types import SimpleNamespace
+
+        from pymongo import AsyncMongoClient
+
+        client: AsyncMongoClient[Any] = AsyncMongoClient(self.settings.store.url, tz_aware=True)
+        queue = f"{self.settings.bus.queue_prefix}.{group}.dead"
         try:
-            channel = await connection.channel()
-            queue = await channel.get_queue(f"{self.settings.bus.queue_prefix}.{group}.dead")
+            collection = client[self.settings.store.database]["dead_letters"]
             async with asyncio.timeout(timeout):
-                while len(got) < count:
-                    message = await queue.get(no_ack=True, fail=False)
-                    if message is None:
-                        await asyncio.sleep(0.1)
-                        continue
-                    got.append(message)
+                while len(docs := await collection.find({"queue": queue, "state": "dead"}).to_list(None)) < count:
+                    await asyncio.sleep(0.1)
         finally:
-            await connection.close()
-        return got
+            await client.close()
+        return [SimpleNamespace(headers=d["headers"], message_id=d["message_id"], body=bytes(d["body"]))
+                for d in docs]
 
     async def _cleanup(self) -> None:
         if self._publisher:

@@ -291,3 +291,34 @@ async def test_DSP_4_the_resolution_centers_command_carries_the_services_broker_
         assert (cancelled.data["cause"], cancelled.data["rule"]) == ("mutual_agreement", "DSP-4")
         await eventually(lambda: seen, what="the resolution center's command")
     assert {m.user_id for m in seen} == {broker_user(h.settings.bus.url)}
+
+
+async def test_a_replayed_unauthorized_command_is_judged_as_its_original_sender_and_refused_again(
+        harness: Harness, broker_users: MakeUser) -> None:
+    """A replay is published by rescenter's own broker user, which may send anything: the
+    service must still judge it as the user that sent the original (ORD-1: support cancels)."""
+    h = harness
+    payments = await broker_users("payments")
+    service = await h.start_instance(bus=authorization(**{payments: {"types": ["payment.chargeback_reported"]}}))
+    support = h.client(service, "support-1", "support")
+    order_id = (await h.client(service, "buyer-1", "buyer").post("/orders", ORDER, expect=201))["id"]
+    cancel = CancelOrder(order_id=order_id, actor=SUPPORT, reason="payments says so")
+    message_id = await send_as(h, payments, "command.order.cancel", cancel, subject=order_id)
+    await h.dead_letters("core")
+
+    dead_letters = service.services.dead_letters
+    queue = f"{h.settings.bus.queue_prefix}.core.dead"
+    assert (await dead_letters.get(queue, message_id)).sender == payments
+    replay = await dead_letters.replay(queue, [message_id], Actor(id="ada", role="admin"))
+    assert replay.replayed == [message_id]
+
+    async def refused_again() -> Any:
+        record = await dead_letters.get(queue, message_id)
+        return record if record.state == "dead" and record.replays == 1 else None
+
+    record = await eventually(refused_again, what="the replay refused again")
+    assert (record.reason, record.sender) == ("unauthorized", payments)
+    assert record.error == f"broker user {payments!r} may not send command.order.cancel"
+    assert (await support.get(f"/orders/{order_id}", expect=200))["state"] == "awaiting_requirements"
+    await h.probe.settle(0.3)
+    assert h.probe.of_type("order.cancelled", order_id) == []

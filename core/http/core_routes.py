@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AwareDatetime, BeforeValidator, Field, TypeAdapter, ValidationError, model_validator
 
 from core.errors import InvalidInput, RuleViolation, Unavailable
+from core.http.dead_letter_routes import dead_letter_routes
 from core.http.openapi import openapi_document
 from core.http.responses import (
     AsyncAPIDocument,
@@ -31,6 +34,8 @@ from core.order_pages import DEFAULT_LIMIT, MAX_LIMIT, Position, order_page, pag
 from core.orders import COLLECTION as ORDERS
 from core.orders import public_view
 from core.settings import Duration
+
+log = structlog.get_logger("rescenter.http")
 
 ADMIN = frozenset({"admin"})
 #: The test clock goes no further: every instant the service computes from "now" (a due date,
@@ -252,7 +257,14 @@ async def readyz(call: Call) -> dict[str, Any]:
 
 
 async def metrics(call: Call) -> web.Response:
-    body = generate_latest(call.services.metrics.registry)
+    services = call.services
+    if services.dead_letters is not None:
+        try:  # read at each scrape; a broker or store that does not answer leaves the last values
+            async with asyncio.timeout(5):
+                await services.dead_letters.refresh_gauges()
+        except Exception as exc:
+            log.warning("queue gauges not refreshed", error=repr(exc))
+    body = generate_latest(services.metrics.registry)
     response = web.Response(body=body)
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     response.charset = "utf-8"
@@ -341,6 +353,7 @@ def core_routes() -> list[Route]:
         Route("GET", "/asyncapi.json", asyncapi,
               "The bus as AsyncAPI 3.0: every message type, what each command answers, every queue with its "
               "bindings and dead-letter queue.", roles=None, response=AsyncAPIDocument, tags=("system",)),
+        *dead_letter_routes(),
     ]
 
 
