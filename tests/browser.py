@@ -114,13 +114,23 @@ class Browser:
 
     def _navigating(self, act: Callable[[], Any]) -> None:
         """Do what loads a new page, and wait until it has replaced this one."""
+        from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.common.by import By
-        from selenium.webdriver.support import expected_conditions
         from selenium.webdriver.support.wait import WebDriverWait
 
         page = self.driver.find_element(By.TAG_NAME, "html")
         act()
-        WebDriverWait(self.driver, 15).until(expected_conditions.staleness_of(page))
+
+        def replaced(_: Any) -> bool:
+            try:
+                page.is_enabled()
+            except WebDriverException:  # stale, or (mid-navigation) no longer in the document
+                return True
+            return False
+
+        WebDriverWait(self.driver, 15).until(replaced)
+        WebDriverWait(self.driver, 15).until(
+            lambda driver: driver.execute_script("return document.readyState") == "complete")
 
     def cookie(self, name: str) -> dict[str, Any] | None:
         return self.driver.get_cookie(name)

@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
+from tests import flaky_plugin
 from tests.browser import Browser, start_driver
 from tests.harness import ORDER, Harness
 from tests.support import eventually
+from tests.test_dead_letters import FLAKY, dead_letter_pokes, handled
 
 pytestmark = pytest.mark.browser
 
@@ -172,3 +174,45 @@ async def test_a_form_posted_without_its_CSRF_token_is_refused(console: Any) -> 
     text = await browser.do(browser.text)
     assert "Forbidden" in text and "CSRF token is missing" in text
     assert "availability" in service.services.plugins.enabled
+
+
+async def test_admin_reads_a_dead_letter_and_replays_it(driver: Any) -> None:
+    async with Harness() as h:
+        service = await h.start_instance(**FLAKY)
+        browser = Browser(driver, f"http://127.0.0.1:{service.port}")
+        queue = f"{h.settings.bus.queue_prefix}.flaky_plugin.dead"
+        await dead_letter_pokes(h, service, "poke-1", "poke-2")
+        await flaky_plugin.set_broken(service.services.store, False)
+
+        await browser.do(browser.sign_in, h.token("ada", "admin"))
+        await browser.do(browser.open, "/console/plugins")
+        assert "flaky_plugin" in await browser.do(browser.text)
+        await browser.do(browser.open, "/console/dead-letters")
+        text = await browser.do(browser.text)
+        assert f"{queue} flaky_plugin 2" in text and "delivery_limit: 2" in text
+        await browser.do(browser.check, "dead-letters")
+
+        await browser.do(browser.click, queue)
+        text = await browser.do(browser.text)
+        assert "poke-1" in text and "RuntimeError: the flaky plugin is broken and cannot handle poke-1" in text
+        await browser.do(browser.check, "dead-letter-queue")
+
+        await browser.do(browser.click, "poke-1")
+        text = await browser.do(browser.text)
+        assert "Dead letter poke-1" in text and '"note": "note of poke-1"' in text
+        await browser.do(browser.check, "dead-letter")
+        await browser.do(browser.click, "Replay this message")
+        assert "Replayed: poke-1." in await browser.do(browser.text)
+        await eventually(lambda: handled(service, "poke-1"), what="the replay handled")
+        assert await handled(service, "poke-2") is None, "only the message replayed"
+
+        await browser.do(browser.open, f"/console/dead-letters/{queue}")
+        text = await browser.do(browser.text)
+        assert "poke-2" in text and "poke-1" not in text
+
+        await browser.do(browser.click, "poke-2")
+        await browser.do(browser.fill, "discard-reason", "A test poke, nobody needs it")
+        await browser.do(browser.click, "Discard this message")
+        assert "Discarded: poke-2." in await browser.do(browser.text)
+        assert (await service.services.dead_letters.page(queue)).messages == []
+        assert await handled(service, "poke-2") is None, "a discarded message is not handled"

@@ -7,6 +7,7 @@ page (post/redirect/get). A refusal is shown as a readable page, not as JSON.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -17,10 +18,10 @@ from aiohttp import web
 
 from core.console.api import Answer, ApiCaller
 from core.console.session import CSRF_FIELD, Session, require
-from core.errors import Forbidden, InvalidInput, NotFound, RescenterError, Unauthenticated
+from core.errors import Forbidden, InvalidInput, NotFound, RescenterError, Unauthenticated, Unavailable
 from core.http.app import ROUTES, SERVICES
 from core.http.auth import Principal
-from core.http.routes import SUPPORT
+from core.http.routes import SUPPORT, admit
 from core.order_pages import order_page
 from core.orders import COLLECTION as ORDERS
 from core.orders import public_view
@@ -152,20 +153,18 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
 
 
 async def queue_figures(services: Any, plugin: str) -> dict[str, int | None]:
-    """The plugin's queue depth, its consumers (every instance) and its dead letters, read
-    from the broker; None where the plugin has no queue or the broker did not say."""
+    """The plugin's queue depth and its consumers (every instance), read from the broker;
+    None where the plugin has no queue or the broker did not say."""
     bus = services.bus
-    figures: dict[str, int | None] = {"depth": None, "consumers": None, "dead": None}
+    figures: dict[str, int | None] = {"depth": None, "consumers": None}
     if plugin not in bus.groups or bus.connection is None:
         return figures
     try:
         channel = await bus.connection.channel()
         try:
             queue = await channel.declare_queue(bus.queue_name(plugin), passive=True)
-            dead = await channel.declare_queue(bus.dead_queue_name(plugin), passive=True)
             figures["depth"] = queue.declaration_result.message_count
             figures["consumers"] = queue.declaration_result.consumer_count
-            figures["dead"] = dead.declaration_result.message_count
         finally:
             await channel.close()
     except Exception as exc:  # the page still shows the rest
@@ -178,7 +177,12 @@ async def plugins_page(request: web.Request) -> web.StreamResponse:
     caller = api(request)
     listed = await caller.call("GET", "/admin/plugins")
     services = request.config_dict[SERVICES]
-    rows = [{**plugin, **(await queue_figures(services, plugin["name"]))} for plugin in listed["plugins"]]
+    # Dead letters leave their queue for the store at once (core.dead_letters): counted there.
+    dead: dict[str, Any] = {}
+    if caller.may("GET", "/admin/dead-letters"):
+        dead = {q.plugin: q for q in (await caller.call("GET", "/admin/dead-letters")).queues}
+    rows = [{**plugin, **(await queue_figures(services, plugin["name"])), "dead": dead.get(plugin["name"])}
+            for plugin in listed["plugins"]]
     return render(request, "plugins.html", {"plugins": rows})
 
 
@@ -332,6 +336,62 @@ async def clock_advance(request: web.Request) -> web.StreamResponse:
     return render(request, "clock.html", {"clock": moved, "fired": moved["fired"], "by": form.get("by")})
 
 
+# ---------------------------------------------------------------- dead letters
+
+
+async def dead_letters_page(request: web.Request) -> web.StreamResponse:
+    require(signed_in(request))
+    summary = await api(request).call("GET", "/admin/dead-letters")
+    return render(request, "dead_letters.html", {"queues": summary.queues})
+
+
+async def dead_letter_queue_page(request: web.Request) -> web.StreamResponse:
+    require(signed_in(request))
+    queue = request.match_info["queue"]
+    query = {k: request.query[k] for k in ("after",) if request.query.get(k)}
+    page = await api(request).call("GET", "/admin/dead-letters/{queue}", query=query, queue=queue)
+    return render(request, "dead_letter_queue.html", {"page": page, "queue": queue})
+
+
+async def dead_letter_message_page(request: web.Request) -> web.StreamResponse:
+    require(signed_in(request))
+    queue, message_id = request.match_info["queue"], request.match_info["id"]
+    caller = api(request)
+    # No route of its own: admitted as the queue's page is, then the same service reads it.
+    admit(caller.route("GET", "/admin/dead-letters/{queue}"), caller.services, caller.principal)
+    dead_letters = caller.services.dead_letters
+    if dead_letters is None:
+        raise Unavailable("dead letters are not available yet: the service is starting")
+    message = await dead_letters.get(queue, message_id)
+    body = json.dumps(message.body, indent=2, ensure_ascii=False) if not isinstance(message.body, str) \
+        else message.body
+    return render(request, "dead_letter.html", {"queue": queue, "message": message, "body": body})
+
+
+def _ids(form: Any) -> list[str]:
+    return [v for v in form.getall("id", []) if isinstance(v, str) and v]
+
+
+async def dead_letters_replay(request: web.Request) -> web.StreamResponse:
+    form = await form_of(request)
+    queue = request.match_info["queue"]
+    ids = _ids(await request.post())
+    result = await api(request).call("POST", "/admin/dead-letters/{queue}/replay",
+                                     body={} if form.get("all") == "yes" else {"ids": ids}, queue=queue)
+    return render(request, "dead_letter_result.html", {"queue": queue, "action": "replayed",
+                                                       "done": result.replayed, "skipped": result.skipped})
+
+
+async def dead_letters_discard(request: web.Request) -> web.StreamResponse:
+    form = await form_of(request)
+    queue = request.match_info["queue"]
+    result = await api(request).call("DELETE", "/admin/dead-letters/{queue}",
+                                     body={"ids": _ids(await request.post()), "reason": form.get("reason", "")},
+                                     queue=queue)
+    return render(request, "dead_letter_result.html", {"queue": queue, "action": "discarded",
+                                                       "done": result.discarded, "skipped": result.skipped})
+
+
 # ---------------------------------------------------------------- the app
 
 
@@ -374,6 +434,11 @@ def console_app(settings: Any) -> web.Application:
     app.router.add_post("/orders/{order_id}/review-removal", review_removal)
     app.router.add_get("/sellers", sellers_search)
     app.router.add_get("/sellers/{seller_id}", seller_page)
+    app.router.add_get("/dead-letters", dead_letters_page)
+    app.router.add_get("/dead-letters/{queue}", dead_letter_queue_page)
+    app.router.add_get("/dead-letters/{queue}/{id}", dead_letter_message_page)
+    app.router.add_post("/dead-letters/{queue}/replay", dead_letters_replay)
+    app.router.add_post("/dead-letters/{queue}/discard", dead_letters_discard)
     app.router.add_get("/clock", clock_page)
     app.router.add_post("/clock", clock_advance)
     app.router.add_static("/static", jinja2_static_dir(), name="static")
