@@ -78,6 +78,9 @@ async def test_ORD_5_admin_switches_a_plugin_off_and_on_after_confirming(console
     assert "The plugin was switched off" in await browser.do(browser.text)
     await eventually(lambda: "availability" not in plugins.enabled, what="availability off")
     await h.client(service).get("/availability/sellers/bob", expect=503)
+    await browser.do(browser.open, "/console/sellers/bob")  # a page's part of a plugin that is off
+    assert "Plugin disabled\nthe availability plugin is switched off" in await browser.do(browser.text)
+    await browser.do(browser.open, "/console/plugins")
 
     await browser.do(browser.click, "Switch availability on")
     await browser.do(browser.click, "Yes, switch availability on")

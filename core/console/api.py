@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from core.errors import RescenterError
+from core.errors import Forbidden, RescenterError, Unauthenticated, Unavailable
 from core.http.auth import Principal
 from core.http.routes import Call, Route, admit, validate_body
 
@@ -66,6 +66,27 @@ class ApiCaller:
             return self.routes[(method, path)]
         except KeyError:
             raise LookupError(f"the console calls {method} {path}, which no loaded route serves") from None
+
+    def refusal(self, method: str, path: str) -> RescenterError | None:
+        """Why the caller may not call the route now (None: it may): no such route loaded, its
+        plugin switched off, or none of its roles."""
+        if (method, path) not in self.routes:
+            return Unavailable(f"{method} {path} is not served: its plugin is not loaded")
+        try:
+            admit(self.route(method, path), self.services, self.principal)
+        except RescenterError as exc:
+            return exc
+        return None
+
+    async def section(self, path: str, **params: str) -> Answer | None:
+        """A page's part read from GET `path`: its answer, or the problem to show in its place;
+        None when the caller's roles do not read it at all (the part is left out)."""
+        refused = self.refusal("GET", path)
+        if isinstance(refused, Forbidden | Unauthenticated):
+            return None
+        if refused is not None:
+            return Answer(problem=refused)
+        return await self.answer("GET", path, **params)
 
     def may(self, method: str, path: str) -> bool:
         """Whether the caller may call the route now (its plugin on, one of its roles): what the

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp_jinja2
@@ -28,6 +29,7 @@ from core.orders import public_view
 
 log = structlog.get_logger("rescenter.console")
 
+STATIC = Path(__file__).parent / "static"
 SESSION: web.AppKey[Session] = web.AppKey("console_session", Session)
 FINAL_STATES = ("completed", "cancelled")
 #: Orders listed per party on a search by buyer or seller id.
@@ -98,7 +100,7 @@ async def console_middleware(request: web.Request, handler: Any) -> web.StreamRe
     try:
         try:
             signed_in(request)
-        except Unauthenticated as exc:
+        except Unauthenticated:
             response = web.Response(status=303, headers={"Location": "/console/sign-in?expired=1"})
             Session.sign_out(response)  # a token no longer valid (expired): the session ends
             return response
@@ -186,7 +188,7 @@ async def plugins_page(request: web.Request) -> web.StreamResponse:
     return render(request, "plugins.html", {"plugins": rows})
 
 
-def _plugin_target(request: web.Request, value: str | None) -> bool:
+def _plugin_target(value: str | None) -> bool:
     if value not in ("on", "off"):
         raise InvalidInput("the switch goes 'on' or 'off'", field="to")
     return value == "on"
@@ -201,7 +203,7 @@ async def plugin_switch_page(request: web.Request) -> web.StreamResponse:
     plugin = next((p for p in listed["plugins"] if p["name"] == name), None)
     if plugin is None:
         raise NotFound(f"no plugin named {name!r}")
-    on = _plugin_target(request, request.query.get("to"))
+    on = _plugin_target(request.query.get("to"))
     if not caller.may("PUT", "/admin/plugins/{name}"):
         raise Forbidden("switching a plugin needs the role admin")
     return render(request, "plugin_switch.html", {"plugin": plugin, "on": on})
@@ -210,7 +212,7 @@ async def plugin_switch_page(request: web.Request) -> web.StreamResponse:
 async def plugin_switch(request: web.Request) -> web.StreamResponse:
     form = await form_of(request)
     name = request.match_info["name"]
-    on = _plugin_target(request, form.get("to"))
+    on = _plugin_target(form.get("to"))
     await api(request).call("PUT", "/admin/plugins/{name}", body={"enabled": on}, name=name)
     raise back_to("/console/plugins", "switched-on" if on else "switched-off")
 
@@ -247,7 +249,7 @@ async def order_page_view(request: web.Request) -> web.StreamResponse:
     timeline = await caller.call("GET", "/orders/{order_id}/timeline", order_id=order_id)
 
     async def section(path: str) -> Answer | None:
-        return await caller.answer("GET", path, order_id=order_id) if caller.may("GET", path) else None
+        return await caller.section(path, order_id=order_id)
 
     review = await section("/orders/{order_id}/review")
     context = {
@@ -308,7 +310,7 @@ async def seller_page(request: web.Request) -> web.StreamResponse:
     caller = api(request)
 
     async def section(path: str) -> Answer | None:
-        return await caller.answer("GET", path, seller_id=seller_id) if caller.may("GET", path) else None
+        return await caller.section(path, seller_id=seller_id)
 
     return render(request, "seller.html", {
         "seller_id": seller_id,
@@ -441,14 +443,8 @@ def console_app(settings: Any) -> web.Application:
     app.router.add_post("/dead-letters/{queue}/discard", dead_letters_discard)
     app.router.add_get("/clock", clock_page)
     app.router.add_post("/clock", clock_advance)
-    app.router.add_static("/static", jinja2_static_dir(), name="static")
+    app.router.add_static("/static", STATIC, name="static")
     return app
 
 
-def jinja2_static_dir() -> str:
-    from pathlib import Path
-
-    return str(Path(__file__).parent / "static")
-
-
-__all__ = ["console_app", "Principal"]
+__all__ = ["console_app"]
