@@ -32,6 +32,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -48,7 +49,7 @@ from aio_pika.exceptions import DeliveryError
 
 from core.errors import RescenterError, Unavailable
 from core.locks import KeyedLocks
-from core.messages import Actor, Catalogue, Envelope, MessageData, Queue, Topology
+from core.messages import REQUEST_ID, Actor, Catalogue, Envelope, MessageData, Queue, Topology
 from core.metrics import Metrics
 from core.settings import BusAuthorization, BusSettings
 
@@ -321,7 +322,8 @@ class Bus:
                 "x-rescenter-error": error[:2000],
                 "x-rescenter-queue": self.queue_name(group.name),
                 "x-rescenter-routing-key": message.routing_key or "",
-                "x-rescenter-dead-at": time.time(),
+                # A string: an AMQP table sends a float as 32 bits, which rounds today's epoch to minutes.
+                "x-rescenter-dead-at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             }
         )
         # The dead letter is ours to publish: the sender is kept as a header, always set by us
@@ -398,8 +400,10 @@ class Bus:
             await self._settle_dead(group, message, "invalid", exc.detail)
             return
         structlog.contextvars.bind_contextvars(
-            message_id=envelope.id, type=envelope.type, order_id=envelope.subject, plugin=group.name
+            message_id=envelope.id, type=envelope.type, order_id=envelope.subject, plugin=group.name,
+            request_id=envelope.requestid,
         )
+        REQUEST_ID.set(envelope.requestid)  # what the handler publishes carries the same request id
         if self.catalogue.types[envelope.type].direction == "consume":
             sender = self.sender(message)
             refusal = self.senders.refusal(sender, envelope.type, data)

@@ -189,7 +189,8 @@ class DeadLetters:
             await asyncio.wait(set(self._inflight), timeout=5)
         if self._channel is not None:
             with contextlib.suppress(Exception):
-                await self._channel.close()
+                async with asyncio.timeout(5):  # a connection waiting for the broker would wait forever
+                    await self._channel.close()
 
     async def collect(self) -> int:
         """Keep what waits in the dead-letter queues now, without a consumer (the CLI, when no
@@ -509,15 +510,19 @@ def _int(value: Any) -> int:
 
 
 def _time(value: Any) -> datetime:
-    """A death time: an epoch number (our header), a datetime (the broker's x-death), else now."""
+    """A death time: RFC 3339 (our header), a datetime (the broker's x-death), an epoch number (our
+    header before it was a string), else now; to the millisecond, as the store keeps it."""
+    moment: datetime | None = None
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = time.time()
-    moment = datetime.fromtimestamp(seconds, UTC)
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+    elif isinstance(value, str | bytes):
+        with contextlib.suppress(ValueError):
+            moment = datetime.fromisoformat(_text(value))
+    elif isinstance(value, int | float):
+        moment = datetime.fromtimestamp(value, UTC)
+    if moment is None or moment.tzinfo is None:
+        moment = datetime.fromtimestamp(time.time(), UTC)
+    return moment.astimezone(UTC).replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 def _plain(value: Any) -> Any:

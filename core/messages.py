@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -39,6 +40,10 @@ class Envelope(BaseModel):
                     "message rescenter publishes has one.")
     datacontenttype: Literal["application/json"] = "application/json"
     data: dict[str, Any] = Field(default_factory=dict)
+    requestid: str | None = Field(
+        default=None, max_length=128,
+        description="CloudEvents extension: the `X-Request-Id` of the HTTP request that caused this message, "
+                    "directly or through the messages it caused in turn; absent when none did.")
 
     def body(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()
@@ -107,6 +112,11 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+#: the request id of the HTTP request (or of the message) being handled: every envelope made while
+#: it is set carries it (core.http.app sets it per request, core.bus per message)
+REQUEST_ID: ContextVar[str | None] = ContextVar("rescenter_request_id", default=None)
+
+
 def make_envelope(
     type_: str,
     data: MessageData,
@@ -123,6 +133,7 @@ def make_envelope(
         time=time,
         subject=subject,
         data=data.model_dump(mode="json", exclude_none=True),
+        requestid=REQUEST_ID.get(),
     )
 
 
@@ -627,7 +638,9 @@ def _dead_letter_message(topology: Topology) -> dict[str, Any]:
                        "headers. A message the service could not even move here is rejected to the broker, "
                        "which dead-letters it without our headers (`x-first-death-reason: rejected`); the "
                        f"broker does the same after {topology.delivery_limit} deliveries "
-                       "(`x-first-death-reason: delivery_limit`).",
+                       "(`x-first-death-reason: delivery_limit`). Each instance's keeper takes every dead "
+                       "letter into the store, where admins list, replay and discard them (README, *Dead "
+                       "letters*): the queue is only their way there.",
         "headers": {
             "type": "object",
             "properties": {
@@ -637,7 +650,15 @@ def _dead_letter_message(topology: Topology) -> dict[str, Any]:
                                                                         "starts with its id (`ORD-1: ...`)."},
                 "x-rescenter-queue": {"type": "string", "description": "The queue it came from."},
                 "x-rescenter-routing-key": {"type": "string"},
-                "x-rescenter-dead-at": {"type": "number", "description": "Unix time, seconds."},
+                "x-rescenter-dead-at": {"type": "string", "format": "date-time",
+                                        "description": "When it was dead-lettered (RFC 3339, UTC)."},
+                "x-rescenter-user-id": {"type": "string", "description": "The broker user that sent it (its "
+                                                                          "AMQP `user_id`; empty when none)."},
+                "x-rescenter-replays": {"type": "integer", "description": "On a message an admin replayed: how "
+                                                                          "many times it was replayed."},
+                "x-rescenter-replayed-for": {"type": "string", "description": "On a replay (published by the "
+                                             "service's own user): the broker user that sent the original, as "
+                                             "whom the service judges it."},
             },
         },
         "payload": {"description": "The original body, unchanged."},

@@ -104,7 +104,7 @@ async def test_a_replay_that_fails_again_comes_back_dead_with_its_count_of_repla
         record = await eventually(dead_again, what="the replay dead-lettered again")
         assert record.reason == "delivery_limit"
         assert [e.action for e in record.history] == ["dead", "replay", "dead"]
-        assert record.first_dead_at <= record.dead_at
+        assert record.first_dead_at < record.dead_at
         attempts = (await service.services.store.collection(flaky_plugin.FLAG).find_one({"_id": "flag"}))
         assert attempts["broken"] is True and await handled(service, "poke-2") is None
 
@@ -183,7 +183,7 @@ async def publish_dead_letter(h: Harness, group: str, body: bytes, *, message_id
         await exchange.publish(aio_pika.Message(
             body, message_id=message_id, type=type_, user_id=broker_user(h.settings.bus.url),
             headers={"x-rescenter-reason": reason, "x-rescenter-error": error, "x-rescenter-queue": source,
-                     "x-rescenter-dead-at": 1_700_000_000.0, "x-rescenter-user-id": ""},
+                     "x-rescenter-dead-at": "2026-11-30T12:00:00.000+00:00", "x-rescenter-user-id": ""},
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=source)
 
 

@@ -5,7 +5,10 @@ Every error leaves as RFC 9457 problem+json."""
 from __future__ import annotations
 
 import json
+import re
 import time
+import uuid
+from contextvars import ContextVar
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -14,9 +17,10 @@ import structlog
 from aiohttp import web
 
 from core.errors import RescenterError
-from core.http.auth import Authenticator
+from core.http.auth import Authenticator, Principal
 from core.http.idempotency import IdempotencyKeys, IdempotentRequest, Replay, idempotent_request
 from core.http.routes import Call, Route, admit, parse_body
+from core.messages import REQUEST_ID
 
 log = structlog.get_logger("rescenter.http")
 
@@ -51,10 +55,61 @@ def problem_response(problem: dict[str, Any], instance: str | None = None) -> we
     )
 
 
+REQUEST_ID_HEADER = "X-Request-Id"
+#: a request id the caller sends is kept when it looks like one (a UUID, a trace id, ...); any
+#: other value is replaced with a new id, so that log lines and events never carry arbitrary text
+VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+#: set by `_wrap` once the token is read (the same task as the middleware): the caller, for the access log
+CALLER: ContextVar[Principal | None] = ContextVar("rescenter_caller", default=None)
+
+
+def request_id_of(request: web.Request) -> str:
+    sent = request.headers.get(REQUEST_ID_HEADER, "")
+    return sent if VALID_REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+
+
+@web.middleware
+async def request_context_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Outermost: the request id (accepted or created, answered in `X-Request-Id`, bound to every
+    log line and to every event the request causes) and one access-log line per request."""
+    started = time.perf_counter()
+    request_id = request_id_of(request)
+    structlog.contextvars.clear_contextvars()  # a kept-alive connection's previous request left nothing
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    token = REQUEST_ID.set(request_id)
+    caller_token = CALLER.set(None)
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+    except web.HTTPException as exc:  # redirects and the like: problems_middleware answered the rest
+        status = exc.status
+        exc.headers[REQUEST_ID_HEADER] = request_id
+        raise
+    finally:
+        principal = CALLER.get()
+        access_log = log.error if status >= 500 else log.info
+        access_log("request", method=request.method, route=route_of(request), status=status, request_id=request_id,
+                   duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                   caller=principal.id if principal else None,
+                   role=",".join(sorted(principal.roles)) if principal else None)
+        REQUEST_ID.reset(token)
+        CALLER.reset(caller_token)
+        structlog.contextvars.clear_contextvars()
+
+
+def route_of(request: web.Request) -> str:
+    """The route template (`/orders/{order_id}`), never the path: ids stay out of metric labels."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
 @web.middleware
 async def problems_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     started = time.perf_counter()
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    route = route_of(request)
     metrics = request.app[SERVICES].metrics
     status = 500
     try:
@@ -96,6 +151,7 @@ def _wrap(route: Route, authenticator: Authenticator) -> Any:
         principal = None
         if route.roles is not None and (route.plugin == "core" or route.plugin in services.plugins.enabled):
             principal = authenticator.authenticate(request.headers.get("Authorization"))
+            CALLER.set(principal)
         admit(route, services, principal)
         body = await parse_body(request, route.body) if route.body is not None else None
         idempotent = None
@@ -149,7 +205,7 @@ async def _answer_once(route: Route, call: Call, idempotent: IdempotentRequest,
 def build_app(services: Any, routes: list[Route], idempotency: IdempotencyKeys | None = None) -> web.Application:
     settings = services.settings
     app = web.Application(
-        middlewares=[problems_middleware], client_max_size=settings.http.max_body_bytes
+        middlewares=[request_context_middleware, problems_middleware], client_max_size=settings.http.max_body_bytes
     )
     app[SERVICES] = services
     app[ROUTES] = routes

@@ -69,6 +69,15 @@ IDEMPOTENCY_KEY = (
 )
 
 
+REQUEST_ID = (
+    "An id for this request, to find it in the service's logs: kept when it is 1 to 128 characters among "
+    "letters, digits and `._:/+=@-` (a UUID, a trace id), else replaced with a new one. The answer carries "
+    "it back in `X-Request-Id`; the access-log line of the request and every line logged while handling "
+    "it carry it as `request_id`, and every event the request causes, even through other messages, "
+    "carries it in the CloudEvents extension attribute `requestid`."
+)
+
+
 def implied_problems(route: Route) -> dict[str, str]:
     """The problem statuses a route's declaration implies, with what each means."""
     statuses = []
@@ -136,6 +145,8 @@ def openapi_document(routes: list[Route]) -> dict[str, Any]:
                 responses[status] = extra
         responses["default"] = _problem("Any other error (500, or 503 while a server the service needs is "
                                         "unreachable), as problem details.")
+        for response in responses.values():
+            response["headers"] = {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}}
         operation: dict[str, Any] = {
             "operationId": f"{route.plugin}_{route.handler.__name__}",
             "summary": route.summary,
@@ -155,6 +166,7 @@ def openapi_document(routes: list[Route]) -> dict[str, Any]:
             for name in re.findall(r"{(\w+)}", route.path)
         ]
         parameters += [_query_parameter(q) for q in route.query]
+        parameters.append({"$ref": "#/components/parameters/RequestId"})
         if route.method in ("POST", "PUT", "PATCH") and route.roles is not None:
             parameters.append({
                 "name": "Idempotency-Key", "in": "header", "required": False,
@@ -182,6 +194,12 @@ def openapi_document(routes: list[Route]) -> dict[str, Any]:
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": dict(sorted(schemas.items())),
+            "parameters": {"RequestId": {
+                "name": "X-Request-Id", "in": "header", "required": False, "description": REQUEST_ID,
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:/+=@-]{1,128}$"}}},
+            "headers": {"RequestId": {
+                "description": "The request's id: the one sent in `X-Request-Id`, or a new one.",
+                "schema": {"type": "string"}}},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": AUTH},
             },
