@@ -1,6 +1,7 @@
 """Headless Chromium (the Debian package) driven by Selenium through Debian's
 chromedriver: the paths are given, so Selenium Manager never downloads a browser
-or a driver. axe-core (bundled with axe-selenium-python) checks each page.
+or a driver. axe-core (from npm, put under .local/axe by scripts/install) checks
+each page.
 
 The service under test runs on the test's event loop and Selenium blocks, so
 every browser step runs in a thread (`Browser.do`).
@@ -19,6 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "docs" / "console"
+AXE = ROOT / ".local" / "axe" / "node_modules" / "axe-core" / "axe.min.js"
 #: axe impacts that fail a page
 SERIOUS = ("serious", "critical")
 T = TypeVar("T")
@@ -31,12 +33,13 @@ def executables() -> tuple[str, str] | None:
 
 
 def require_browser() -> tuple[str, str]:
-    """The browser and its driver; CI must have them (scripts/install puts them there)."""
+    """The browser, its driver and axe-core; CI must have them (scripts/install puts them there)."""
     found = executables()
-    if found is None:
+    if found is None or not AXE.is_file():
         if os.environ.get("CI"):
-            pytest.fail("chromium and chromedriver are missing: scripts/install installs them")
-        pytest.skip("chromium and chromedriver are not installed (scripts/install installs them)")
+            pytest.fail("chromium, chromedriver or axe-core is missing: scripts/install installs them")
+        pytest.skip("chromium, chromedriver or axe-core is not installed (scripts/install installs them)")
+    assert found is not None
     return found
 
 
@@ -138,16 +141,18 @@ class Browser:
     def check(self, name: str) -> None:
         """Save a screenshot of the whole page as docs/console/<name>.png, then run axe-core on
         it: no serious or critical violation."""
-        from axe_selenium_python import Axe
-
         driver = self.driver
         height = driver.execute_script("return document.documentElement.scrollHeight")
         driver.set_window_size(1280, max(600, min(int(height) + 20, 4000)))
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
         driver.set_window_size(1280, 900)
-        axe = Axe(driver)
-        axe.inject()
-        results = axe.run()
+        driver.execute_script(AXE.read_text())
+        results = driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "axe.run(document, {resultTypes: ['violations']}).then(done, e => done({error: String(e)}));")
+        assert "error" not in results, f"{name}: axe-core failed: {results}"
         serious = [v for v in results["violations"] if v.get("impact") in SERIOUS]
-        assert not serious, f"{name}: {axe.report(serious)}"
+        assert not serious, f"{name}: accessibility violations:\n" + "\n".join(
+            f"- {v['id']} ({v['impact']}): {v['help']}: "
+            + "; ".join(", ".join(n["target"]) for n in v["nodes"]) for v in serious)
