@@ -20,7 +20,7 @@ from aiohttp import web
 from core.console.api import Answer, ApiCaller
 from core.console.session import CSRF_FIELD, Session, require
 from core.errors import Forbidden, InvalidInput, NotFound, RescenterError, Unauthenticated, Unavailable
-from core.http.app import ROUTES, SERVICES
+from core.http.app import CALLER, ROUTES, SERVICES
 from core.http.auth import Principal
 from core.http.routes import SUPPORT, admit
 from core.order_pages import order_page
@@ -99,7 +99,7 @@ async def console_middleware(request: web.Request, handler: Any) -> web.StreamRe
     """Who is signed in; and every refusal as a page: RFC 9457's fields in words."""
     try:
         try:
-            signed_in(request)
+            CALLER.set(signed_in(request))  # the access log names the console's caller too
         except Unauthenticated:
             response = web.Response(status=303, headers={"Location": "/console/sign-in?expired=1"})
             Session.sign_out(response)  # a token no longer valid (expired): the session ends
