@@ -14,6 +14,7 @@ from tests.browser import Browser, start_driver
 from tests.harness import ORDER, Harness
 from tests.support import eventually
 from tests.test_dead_letters import FLAKY, dead_letter_pokes, handled
+from tests.test_reviews import World
 
 pytestmark = pytest.mark.browser
 
@@ -219,3 +220,26 @@ async def test_admin_reads_a_dead_letter_and_replays_it(driver: Any) -> None:
         assert "Discarded: poke-2." in await browser.do(browser.text)
         assert (await service.services.dead_letters.page(queue)).messages == []
         assert await handled(service, "poke-2") is None, "a discarded message is not handled"
+
+
+async def test_REV_8_support_removes_a_review_with_a_reason_from_the_order_page(console: Any) -> None:
+    h, service, browser = console
+    w = World(h, service)
+    await w.regular_buyer("rm-b")  # REV-2
+    order_id = await w.order("rm-b", "rm-s", deliver=True)  # REV-1: the buyer received a delivery
+    await w.cancel(order_id)
+    await w.cancelled("rm-b", order_id)
+    review = await w.review("rm-b", order_id, rating=1, text="Call me at 555-0100", expect=201)
+
+    await browser.do(browser.sign_in, h.token("sam", "support"))
+    await browser.do(browser.open, f"/console/orders/{order_id}")
+    text = await browser.do(browser.text)
+    assert "1/5, “Call me at 555-0100”" in text and "The buyer may review this order" not in text
+    await browser.do(browser.check, "order-review")
+    await browser.do(browser.fill, "removal-reason", "Personal contact details (terms 4.2)")
+    await browser.do(browser.click, "Remove the review")
+    text = await browser.do(browser.text)
+    assert "The review was removed" in text and "Personal contact details (terms 4.2) (REV-8)" in text
+    removed = await w.support.get(f"/orders/{order_id}/review", expect=200)
+    assert removed["review_id"] == review["review_id"] and removed["status"] == "removed"
+    assert removed["removal"]["reason"] == "Personal contact details (terms 4.2)"
