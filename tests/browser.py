@@ -89,6 +89,21 @@ class Browser:
 
         return self.driver.find_element(By.TAG_NAME, "body").text
 
+    def open_until(self, path: str, text: str, timeout: float = 10.0) -> str:
+        """Open `path` again until its text holds `text` (what the plugins learn from the bus comes
+        a moment later); the page's text."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            self.open(path)
+            body = self.text()
+            if text in body:
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{path} never showed {text!r}:\n{body}")
+            time.sleep(0.2)
+
     def title(self) -> str:
         return self.driver.title
 

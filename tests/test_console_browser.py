@@ -119,7 +119,6 @@ async def test_ORD_6_support_finds_an_order_and_reads_its_timeline_and_requests(
     await browser.do(browser.open, "/console/sellers/seller-1")
     text = await browser.do(browser.text)
     assert "Completion rate (MET-1)" in text and "Success score (MET-4)" in text and "Blocked buyers" in text
-    await browser.do(browser.check, "seller")
 
 
 async def test_MET_2_support_cancels_and_flags_an_order_with_its_forms(console: Any) -> None:
@@ -243,3 +242,8 @@ async def test_REV_8_support_removes_a_review_with_a_reason_from_the_order_page(
     removed = await w.support.get(f"/orders/{order_id}/review", expect=200)
     assert removed["review_id"] == review["review_id"] and removed["status"] == "removed"
     assert removed["removal"]["reason"] == "Personal contact details (terms 4.2)"
+
+    # MET-1, MET-4: the seller's figures with the orders behind them, as the metrics plugin heard them
+    text = await browser.do(browser.open_until, "/console/sellers/rm-s", f"{order_id} cancelled")
+    assert "0.0 %: 0 completed of 1 orders that count" in text and "counts as a cancellation (MET-1)" in text
+    await browser.do(browser.check, "seller")
