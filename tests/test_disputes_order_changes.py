@@ -43,6 +43,11 @@ async def deadlines(h: Harness, service: Service, order_id: str) -> list[tuple[s
     return [(d["kind"], d["state"], datetime.fromisoformat(d["due_at"])) for d in found]
 
 
+async def deadlines_are(h: Harness, service: Service, order_id: str,
+                        expected: list[tuple[str, str, datetime]]) -> bool:
+    return sorted(await deadlines(h, service, order_id), key=lambda d: d[2]) == expected
+
+
 async def test_DSP_7_extension_command_moves_the_due_date_and_the_late_deadline_once(
         shared: tuple[Harness, Service]) -> None:
     h, service = shared
@@ -78,8 +83,13 @@ async def test_DSP_7_extended_order_is_late_only_at_its_new_due_date() -> None:
         await h.publish("command.order.extend_delivery",
                         ExtendDelivery(order_id=order_id, actor=RESOLUTION_CENTER, days=1), subject=order_id)
         await h.probe.wait_for("order.delivery_extended", lambda m: m.subject == order_id)
-
         new_due = due_at + timedelta(days=1)
+        # The outbox publishes the event before it moves the deadline (in the order staged): wait
+        # for the move too, or a clock advanced at once may still find the old one pending.
+        await eventually(lambda: deadlines_are(h, service, order_id, [("order.late", "cancelled", due_at),
+                                                                      ("order.late", "pending", new_due)]),
+                         what="the late deadline moved")
+
         moved = await admin.post("/admin/clock/advance", {"to": (new_due - timedelta(seconds=1)).isoformat()},
                                  expect=200)
         assert moved["fired"] == []  # the old due date passed quietly

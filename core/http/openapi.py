@@ -78,6 +78,12 @@ REQUEST_ID = (
 )
 
 
+REQUEST_ID_PARAMETER = {
+    "name": "X-Request-Id", "in": "header", "required": False, "description": REQUEST_ID,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:/+=@-]{1,128}$"},
+}
+
+
 def implied_problems(route: Route) -> dict[str, str]:
     """The problem statuses a route's declaration implies, with what each means."""
     statuses = []
@@ -166,7 +172,7 @@ def openapi_document(routes: list[Route]) -> dict[str, Any]:
             for name in re.findall(r"{(\w+)}", route.path)
         ]
         parameters += [_query_parameter(q) for q in route.query]
-        parameters.append({"$ref": "#/components/parameters/RequestId"})
+        parameters.append(REQUEST_ID_PARAMETER)
         if route.method in ("POST", "PUT", "PATCH") and route.roles is not None:
             parameters.append({
                 "name": "Idempotency-Key", "in": "header", "required": False,
@@ -194,9 +200,6 @@ def openapi_document(routes: list[Route]) -> dict[str, Any]:
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": dict(sorted(schemas.items())),
-            "parameters": {"RequestId": {
-                "name": "X-Request-Id", "in": "header", "required": False, "description": REQUEST_ID,
-                "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:/+=@-]{1,128}$"}}},
             "headers": {"RequestId": {
                 "description": "The request's id: the one sent in `X-Request-Id`, or a new one.",
                 "schema": {"type": "string"}}},
