@@ -11,6 +11,7 @@ from aiohttp import web
 
 from core.bus import Bus, Subscription
 from core.clock import Clock, SystemClock, TestClock
+from core.console import console_app
 from core.dead_letters import DeadLetters
 from core.http.app import build_app
 from core.http.core_routes import core_routes
@@ -128,6 +129,7 @@ class Service:
 
     async def _start_http(self, services: Services) -> None:
         self.app = build_app(services, self.routes, self.idempotency)
+        self.app.add_subapp("/console", console_app(self.settings))
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port)

@@ -331,7 +331,7 @@ async def test_openapi_describes_the_idempotency_key_header_on_every_command() -
                              ("/orders/{order_id}/resolution/requests", "post"),
                              ("/availability/sellers/{seller_id}/order-cap", "put"),
                              ("/admin/plugins/{name}", "put")):
-            [header] = [p for p in document["paths"][path][method]["parameters"] if p["name"] == "Idempotency-Key"]
+            [header] = [p for p in document["paths"][path][method]["parameters"] if p.get("name") == "Idempotency-Key"]
             description = header["description"]
             for promise in ("422", "409", "24 h", "Idempotent-Replayed", "method, path"):
                 assert promise in description, (path, promise)

@@ -16,10 +16,10 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from core.errors import Forbidden, PluginDisabled, RescenterError
+from core.errors import RescenterError
 from core.http.auth import Authenticator, Principal
 from core.http.idempotency import IdempotencyKeys, IdempotentRequest, Replay, idempotent_request
-from core.http.routes import Call, Route, parse_body
+from core.http.routes import Call, Route, admit, parse_body
 from core.messages import REQUEST_ID
 
 log = structlog.get_logger("rescenter.http")
@@ -148,14 +148,11 @@ async def problems_middleware(request: web.Request, handler: Any) -> web.StreamR
 def _wrap(route: Route, authenticator: Authenticator) -> Any:
     async def handle(request: web.Request) -> web.StreamResponse:
         services = request.app[SERVICES]
-        if route.plugin != "core" and route.plugin not in services.plugins.enabled:
-            raise PluginDisabled(f"the {route.plugin} plugin is switched off", plugin=route.plugin)
         principal = None
-        if route.roles is not None:
+        if route.roles is not None and (route.plugin == "core" or route.plugin in services.plugins.enabled):
             principal = authenticator.authenticate(request.headers.get("Authorization"))
             CALLER.set(principal)
-            if not principal.has_any(route.roles):
-                raise Forbidden(f"this needs one of the roles: {', '.join(sorted(route.roles))}")
+        admit(route, services, principal)
         body = await parse_body(request, route.body) if route.body is not None else None
         idempotent = None
         if principal is not None:

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from core.errors import Forbidden, InvalidInput
+from core.errors import Forbidden, InvalidInput, PluginDisabled, Unauthenticated
 from core.http.auth import Principal
 from core.http.idempotency import IdempotentRequest
 from core.messages import Actor
@@ -103,11 +103,28 @@ class Call:
         return self.idempotent.message_id if self.idempotent is not None else None
 
 
+def admit(route: Route, services: Any, principal: Principal | None) -> None:
+    """Whether `principal` may call `route` now: its plugin is on and the caller holds one of its
+    roles. The JSON API and the console (core.console) both ask here, so they cannot disagree."""
+    if route.plugin != "core" and route.plugin not in services.plugins.enabled:
+        raise PluginDisabled(f"the {route.plugin} plugin is switched off", plugin=route.plugin)
+    if route.roles is None:
+        return
+    if principal is None:
+        raise Unauthenticated("an Authorization: Bearer token is required")
+    if not principal.has_any(route.roles):
+        raise Forbidden(f"this needs one of the roles: {', '.join(sorted(route.roles))}")
+
+
 async def parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
     """Validate the body in pydantic's strict JSON mode: every value must already have its
     JSON type (a boolean is true or false, an integer is not "3" nor 3.0 nor true); only
     the strings the JSON Schema promises (date-times, durations) are read as such."""
-    raw = await request.read() or b"null"
+    return validate_body(model, await request.read() or b"null")
+
+
+def validate_body(model: type[BaseModel], raw: bytes) -> BaseModel:
+    """`parse_body` on bytes already read (the console validates its forms here, as JSON)."""
     try:
         json.loads(raw)
     except ValueError:
