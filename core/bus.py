@@ -19,6 +19,10 @@ publishing connection's user: `bus.authorization` says which broker user may sen
 types and act for which roles (`Senders`). Refused ones are dead-lettered as `unauthorized`.
 Everything rescenter publishes carries its own broker user in `user_id`.
 
+On a cluster (`bus.urls`), the connection moves to the next member whenever it is lost or
+refused (`ClusterConnection`); quorum queues keep their messages on the surviving members,
+robust channels declare again what they declared and consumers come back by themselves.
+
 One robust connection per process; one channel for publishing with confirms;
 one channel per consumer group with its own prefetch. Strong references to
 every declared queue are kept so that recovery after a reconnect restores them.
@@ -45,6 +49,7 @@ from aio_pika.abc import (
     AbstractRobustQueue,
 )
 from aio_pika.exceptions import DeliveryError
+from yarl import URL
 
 from core.errors import RescenterError, Unavailable
 from core.locks import KeyedLocks
@@ -59,6 +64,37 @@ Handler = Callable[[Envelope, MessageData], Awaitable[None]]
 
 class Unroutable(Unavailable):
     """The broker returned a message that no queue could take."""
+
+
+class ClusterConnection(aio_pika.RobustConnection):
+    """A robust connection to the members of a RabbitMQ cluster, one at a time.
+
+    aio-pika's robust connection reconnects to the one URL it was given. Each of its attempts
+    starts by dropping the transport (`self.transport = None`) and then connects to `self.url`:
+    at that moment this class moves `self.url` to the next member, so that an attempt after a
+    lost connection or a refused one goes to another node, round the list."""
+
+    def __init__(self, url: Any, *, members: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._next = 0
+        self._members = tuple(members) or (str(url),)
+
+    @property  # type: ignore[override]
+    def transport(self) -> Any:
+        return self.__dict__.get("_transport")
+
+    @transport.setter
+    def transport(self, value: Any) -> None:
+        self.__dict__["_transport"] = value
+        members = self.__dict__.get("_members")
+        if value is None and members and not self.__dict__.get("_close_called"):
+            self.url = URL(members[self._next % len(members)])
+            self._next += 1
+
+    @property
+    def member(self) -> str:
+        """The address in use (or being tried), without its password."""
+        return str(self)
 
 
 @dataclass(frozen=True)
@@ -174,11 +210,24 @@ class Bus:
         return f"{self.settings.exchange}.unrouted"
 
     async def connect(self) -> None:
-        self.connection = await aio_pika.connect_robust(
-            self.settings.url,
-            client_properties={"connection_name": "rescenter"},
-            reconnect_interval=1,
-        )
+        addresses = self.settings.addresses
+        if len(addresses) == 1:
+            self.connection = await aio_pika.connect_robust(
+                addresses[0], client_properties={"connection_name": "rescenter"}, reconnect_interval=1,
+            )
+        else:
+            # Not fail-fast: a member that is down at start is skipped for the next one.
+            connection = ClusterConnection(
+                URL(addresses[0]), members=addresses, fail_fast=False,
+                client_properties={"connection_name": "rescenter"}, reconnect_interval=1,
+            )
+            try:
+                async with asyncio.timeout(10 * len(addresses)):
+                    await connection.connect()
+            except TimeoutError:
+                await connection.close()
+                raise Unavailable(f"no member of the cluster answers: {', '.join(addresses)}") from None
+            self.connection = connection
         self._publish_channel = await self.connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
@@ -456,4 +505,4 @@ async def delete_topology(settings: BusSettings, groups: Iterable[str]) -> None:
                     await channel.exchange_delete(name)
 
 
-__all__ = ["Bus", "Senders", "Subscription", "Unroutable", "broker_user", "delete_topology", "topology"]
+__all__ = ["Bus", "ClusterConnection", "Senders", "Subscription", "Unroutable", "broker_user", "delete_topology", "topology"]
