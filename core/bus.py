@@ -56,6 +56,7 @@ from core.locks import KeyedLocks
 from core.messages import Actor, Catalogue, Envelope, MessageData, Queue, Topology
 from core.metrics import Metrics
 from core.settings import BusAuthorization, BusSettings
+from core.store import unreachable
 
 log = structlog.get_logger("rescenter.bus")
 
@@ -407,8 +408,7 @@ class Bus:
             return
         outcome = "ok"
         try:
-            async with self._locks.hold(envelope.subject):
-                await handler(envelope, data)
+            await self._apply(group, handler, envelope, data)
         except RescenterError as exc:
             if exc.permanent:
                 outcome = "rejected"
@@ -426,6 +426,26 @@ class Bus:
         finally:
             self.metrics.consumed.labels(group.name, envelope.type, outcome).inc()
             self.metrics.handler_seconds.labels(group.name).observe(time.perf_counter() - started)
+
+    async def _apply(self, group: ConsumerGroup, handler: Handler, envelope: Envelope, data: MessageData) -> None:
+        """Run the handler; while the store is unreachable, run it again in place. An outage is
+        not the message's fault: handing it back would count a delivery each time (the queue's
+        `x-delivery-limit`), and a store down for some seconds would dead-letter whatever was
+        in flight. The message stays unacknowledged meanwhile (the prefetch bounds how many),
+        so a consumer that is stopped, or a process that dies, hands it back as usual."""
+        pause = 0.25
+        while True:
+            try:
+                async with self._locks.hold(envelope.subject):
+                    await handler(envelope, data)
+                return
+            except Exception as exc:
+                if not unreachable(exc) or group.consumer_tag is None:
+                    raise
+                self.metrics.store_outage_retries.labels(group.name).inc()
+                log.warning("store unreachable; the message waits for it", error=repr(exc), pause=pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
     async def _retry(self, group: ConsumerGroup, message: AbstractIncomingMessage, exc: BaseException) -> None:
         deliveries = int((message.headers or {}).get("x-delivery-count", 0) or 0) + 1
