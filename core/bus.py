@@ -48,7 +48,7 @@ from aio_pika.abc import (
     AbstractRobustExchange,
     AbstractRobustQueue,
 )
-from aio_pika.exceptions import DeliveryError
+from aio_pika.exceptions import ChannelPreconditionFailed, DeliveryError
 from yarl import URL
 
 from core.errors import RescenterError, Unavailable
@@ -236,9 +236,7 @@ class Bus:
             self.unrouted_name, aio_pika.ExchangeType.FANOUT, durable=True
         )
         unrouted = await self._publish_channel.declare_queue(
-            self.unrouted_name,
-            durable=True,
-            arguments={"x-max-length": self.settings.unrouted_max_length, "x-overflow": "drop-head"},
+            self.unrouted_name, durable=True, arguments=await self._unrouted_arguments()
         )
         await unrouted.bind(unrouted_exchange)
         self._exchange = await self._publish_channel.declare_exchange(
@@ -251,6 +249,27 @@ class Bus:
             self.dead_exchange_name, aio_pika.ExchangeType.DIRECT, durable=True
         )
         self._declared += [unrouted_exchange, unrouted, self._exchange, self._dead_exchange]
+
+    async def _unrouted_arguments(self) -> dict[str, Any]:
+        """A quorum queue, replicated like the others, so that an event nobody subscribes to
+        survives the loss of a node. Releases before this one declared it as a classic queue,
+        which the broker will not turn into another type: that one is used as it is, with a
+        warning (delete it once to have it declared anew)."""
+        assert self.connection is not None
+        arguments: dict[str, Any] = {"x-max-length": self.settings.unrouted_max_length, "x-overflow": "drop-head"}
+        trial = await self.connection.channel()  # a refused declaration closes its channel
+        try:
+            await trial.declare_queue(self.unrouted_name, durable=True,
+                                      arguments={**arguments, "x-queue-type": "quorum"})
+            return {**arguments, "x-queue-type": "quorum"}
+        except ChannelPreconditionFailed as exc:
+            log.warning("the unrouted queue is a classic queue from an older release: not replicated; "
+                        "delete it to have it declared as a quorum queue", queue=self.unrouted_name,
+                        error=str(exc))
+            return arguments
+        finally:
+            with contextlib.suppress(Exception):
+                await trial.close()
 
     @property
     def connected(self) -> bool:

@@ -272,6 +272,27 @@ async def test_publish_raises_unroutable_when_the_broker_returns_the_message() -
             await bus.close()
 
 
+async def test_the_unrouted_queue_is_a_quorum_queue_and_an_older_classic_one_is_kept() -> None:
+    async with Harness() as h:
+        bus = Bus(h.settings.bus, core_catalogue(), Metrics())
+        await bus.connect()
+        await bus.close()
+        connection = await aio_pika.connect(h.settings.bus.url)
+        async with connection:
+            channel = await connection.channel()
+            # Declaring it again as classic is refused: it is a quorum queue.
+            with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
+                await channel.declare_queue(bus.unrouted_name, durable=True, arguments={
+                    "x-max-length": h.settings.bus.unrouted_max_length, "x-overflow": "drop-head"})
+            channel = await connection.channel()
+            await channel.queue_delete(bus.unrouted_name)
+            # As an older release declared it: the service still starts and uses it.
+            await channel.declare_queue(bus.unrouted_name, durable=True, arguments={
+                "x-max-length": h.settings.bus.unrouted_max_length, "x-overflow": "drop-head"})
+        service = await h.start_instance()
+        assert service.services is not None and service.services.bus.connected
+
+
 # ---------------------------------------------------------------- broker restart
 
 
