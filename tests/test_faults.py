@@ -195,6 +195,7 @@ class Stream:
         self.orders: dict[str, bool] = {}  # order id -> accepted by a command (else by the deadline)
         self.longest_wait = 0.0
         self.resent = 0  # commands sent again because their event did not come within STEP_TIMEOUT
+        self.finished = 0  # lifecycles done
 
     async def step(self, order_id: str, type_: str, data: MessageData, event: str) -> None:
         envelope = make_envelope(type_, data, subject=order_id, time=utcnow(), source="fault-suite")
@@ -232,6 +233,7 @@ class Stream:
             if accept:
                 await self.step(order_id, "command.order.accept", AcceptDelivery(order_id=order_id, actor=buyer),
                                 "order.completed")
+            self.finished += 1
 
     async def run(self, fault: Callable[[], Awaitable[None]]) -> float:
         """The stream, and the fault started once a fifth of it is under way."""
@@ -379,24 +381,25 @@ async def test_ORD_4_ORD_6_an_instance_killed_three_times_mid_stream_loses_and_d
             await tap.start()
             await sender.start()
             stream = Stream(h, sender, tap)
-            kills: list[float] = []
+            kills: list[int] = []  # lifecycles done at each kill: all three mid-stream
 
             async def kill_three_times() -> None:
                 for _ in range(3):
                     await sigkill(b)
-                    kills.append(time.monotonic())
-                    await asyncio.sleep(1.0)
+                    kills.append(stream.finished)
+                    await asyncio.sleep(0.5)
                     await b.start(h.session)
-                    await asyncio.sleep(2.0)
+                    await asyncio.sleep(0.5)
 
             try:
                 seconds = await stream.run(kill_three_times)
                 await stream.complete_the_rest(h.session, a.base)
                 counts = await stream.count("two instances, one SIGKILLed 3 times", seconds)
+                counts.notes.append(f"killed when {', '.join(map(str, kills))} lifecycles were done")
             finally:
                 await sender.close()
                 await tap.close()
-        assert len(kills) == 3
+        assert len(kills) == 3 and all(done < LIFECYCLES for done in kills), kills
         check(counts)
 
 
