@@ -244,6 +244,24 @@ async def test_ORD_5_a_veto_that_finds_the_store_unreachable_is_not_a_refusal() 
         assert await queue_depth(h, f"{h.settings.bus.queue_prefix}.core.dead") == 0
 
 
+async def test_a_cluster_member_down_at_start_is_skipped_for_the_next() -> None:
+    """`bus.urls`: each connection attempt goes to the next member (core.bus.ClusterConnection)."""
+    from tests.embedded import free_port
+
+    async with Harness() as h:
+        down = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+        settings = h.settings.bus.model_copy(update={"url": down, "urls": [down, h.settings.bus.url]})
+        bus = Bus(settings, core_catalogue(), Metrics())
+        await bus.connect()
+        try:
+            assert bus.connected
+            assert f":{urlparse(h.settings.bus.url).port or 5672}/" in str(bus.connection)
+            await bus.publish(Envelope(id="through-the-second-member", source="tests", type="order.nobody_listens",
+                                       time=utcnow(), subject="o-1", data={}))
+        finally:
+            await bus.close()
+
+
 # ---------------------------------------------------------------- unroutable
 
 
