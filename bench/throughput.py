@@ -6,15 +6,22 @@ Starts `rescenter run` as a separate process (every plugin on, system clock,
 its own database, exchange and queues), then, in one run:
 
 1. service: for each order publishes the four commands of its lifecycle
-   (place, submit requirements, deliver, accept) on the bus, as another
+   (place, submit requirements, deliver, accept), each after the event of
+   the previous one, `--window` lifecycles at once, on the bus, as another
    marketplace service would, and consumes the events the service publishes
    after storing each change. Latency is from a command's publish to the
    arrival of the event its stored change produced.
 2. raw: the same number of messages published with confirms to a quorum
-   queue on the same exchange and consumed with manual acks by plain
+   queue on an exchange of its own and consumed with manual acks by plain
    aio-pika in this process: the ceiling the service is measured against.
 
-It prints events/s, p50/p99 latency for both, and the ratio, then the
+The service load runs once per number in `--instances` (default `1,2`): with 1
+process, then with 2 processes sharing a database, an exchange and queues
+(competing consumers), each run on fresh ones. For each it also prints the CPU
+used during the load, in cores: the whole machine, the service processes,
+RabbitMQ (beam.smp) and the embedded store (java), which says what saturates.
+
+It prints events/s, p50/p99 latency for each, and the ratios, then the
 MongoDB commands (round trips) the service sent for the whole load, plugins'
 handlers included (read from its `rescenter_store_commands_total` counter,
 fed by a PyMongo CommandListener), per command and by collection.
@@ -153,17 +160,18 @@ async def run_service_load(url: str, exchange_name: str, orders: int, window: in
                 await inflight.acquire()
             order_id = f"bench-{uuid.uuid4().hex[:12]}"
             buyer, seller = f"buyer-{index % 97}", f"seller-{index % 89}"
+            # Each command after the event of the previous one: with several instances competing
+            # for the core queue, commands about one order sent at once may be taken by two of
+            # them and applied out of order (a delivery before the requirements: refused, ORD-1).
             for step, type_ in enumerate(COMMANDS):
                 envelope = command(type_, order_id, buyer, seller)
-                if rate is not None:
-                    arrived[(order_id, step)] = asyncio.Event()
+                arrived[(order_id, step)] = asyncio.Event()
                 sent[(order_id, step)] = time.perf_counter()
                 await exchange.publish(
                     aio_pika.Message(envelope.body(), message_id=envelope.id,
                                      delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                     routing_key=type_)
-                if rate is not None:
-                    await asyncio.wait_for(arrived[(order_id, step)].wait(), timeout=60)
+                await asyncio.wait_for(arrived[(order_id, step)].wait(), timeout=60)
 
         started = time.perf_counter()
         await asyncio.gather(*(lifecycle(i) for i in range(orders)))
@@ -179,7 +187,7 @@ async def run_raw(url: str, exchange_name: str, prefix: str, count: int, window:
     connection = await aio_pika.connect_robust(url)
     async with connection:
         publish_channel = await connection.channel(publisher_confirms=True)
-        exchange = await publish_channel.get_exchange(exchange_name)
+        exchange = await publish_channel.declare_exchange(exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
         consume_channel = await connection.channel()
         await consume_channel.set_qos(prefetch_count=64)
         queue = await consume_channel.declare_queue(
@@ -282,46 +290,114 @@ async def cleanup(url: str, mongo_url: str, database: str, exchange: str, prefix
                           ("core", "disputes", "reviews", "availability", "blocking", "metrics"))
 
 
+def cpu_seconds(pids: list[int]) -> dict[str, float]:
+    """CPU seconds (user + system) so far: the service processes, RabbitMQ's VM (beam.smp),
+    the embedded store's JVM (java) and the whole machine (busy, from /proc/stat)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {"service": 0.0, "rabbitmq": 0.0, "store": 0.0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            comm = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        if int(entry.name) in pids:
+            found["service"] += seconds
+        elif comm == "beam.smp":
+            found["rabbitmq"] += seconds
+        elif comm == "java":
+            found["store"] += seconds
+    cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    found["machine"] = (sum(map(int, cpu)) - int(cpu[3]) - int(cpu[4])) / tick  # all but idle and iowait
+    return found
+
+
+async def measure(url: str, mongo_url: str, instances: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The service load against `instances` processes sharing a database, an exchange and queues."""
+    service = isolated_service(url, mongo_url)
+    ports = [service.port] + [free_port() for _ in range(instances - 1)]
+    processes = [subprocess.Popen([sys.executable, "-m", "core.cli", "--log-level", "WARNING", "run"], cwd=ROOT,
+                                  env={**service.env, "RESCENTER_HTTP__PORT": str(port),
+                                       "RESCENTER_SERVICE__INSTANCE_ID": f"bench-{n}"})
+                 for n, port in enumerate(ports)]
+    try:
+        for port, process in zip(ports, processes, strict=True):
+            await wait_ready(port, process)
+        before = [(await counters(port))["rescenter_store_commands"] for port in ports]
+        cpu_before = cpu_seconds([p.pid for p in processes])
+        result = await run_service_load(url, service.exchange, args.orders, args.window, args.rate)
+        cpu_after = cpu_seconds([p.pid for p in processes])
+        after = [await settled_store_commands(port) for port in ports]
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        await cleanup(url, mongo_url, service.database, service.exchange, service.prefix)
+    result["instances"] = instances
+    result["cpu"] = {k: (cpu_after[k] - cpu_before[k]) / result["seconds"] for k in cpu_after}
+    result["round_trips"] = round_trip_report(_summed(before), _summed(after), result["messages"])
+    result["prefix"] = service.prefix
+    result["exchange"] = service.exchange
+    return result
+
+
+def _summed(per_instance: list[dict[tuple[str, ...], float]]) -> dict[tuple[str, ...], float]:
+    total: dict[tuple[str, ...], float] = {}
+    for counts in per_instance:
+        for key, value in counts.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, default=2000)
     parser.add_argument("--window", type=int, default=100, help="order lifecycles in flight at once")
     parser.add_argument("--rate", type=float, default=None,
                         help="paced mode: about this many commands per second, for latency")
+    parser.add_argument("--instances", default="1,2",
+                        help="service processes to run the load against, one run per number (1,2: both)")
     args = parser.parse_args()
 
     url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
     mongo_url = os.environ.get("MONGODB_URL", "mongodb://127.0.0.1:27017/")
-    service = isolated_service(url, mongo_url)
-    database, exchange, prefix, port, env = (service.database, service.exchange, service.prefix,
-                                             service.port, service.env)
-    process = subprocess.Popen([sys.executable, "-m", "core.cli", "--log-level", "WARNING", "run"],
-                               cwd=ROOT, env=env)
+    runs = [await measure(url, mongo_url, int(n), args) for n in args.instances.split(",")]
+    raw_names = BusSettings(url=url, exchange=f"{runs[-1]['prefix']}.raw", queue_prefix=runs[-1]["prefix"])
     try:
-        await wait_ready(port, process)
-        before = (await counters(port))["rescenter_store_commands"]
-        service = await run_service_load(url, exchange, args.orders, args.window, args.rate)
-        after = await settled_store_commands(port)
-        raw = await run_raw(url, exchange, prefix, service["messages"], args.window)
+        raw = await run_raw(url, raw_names.exchange, raw_names.queue_prefix, runs[-1]["messages"], args.window)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        await cleanup(url, mongo_url, database, exchange, prefix)
+        await delete_topology(raw_names, ())
 
     mode = f"paced at {args.rate:g} commands/s" if args.rate else "unpaced"
-    print(f"\n{args.orders} order lifecycles, {service['messages']} commands -> events, all plugins on, {mode}")
-    print(f"{'':24}{'msgs/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'seconds':>10}")
-    for name, row in (("service (cmd -> event)", service), ("raw aio-pika (pub->ack)", raw)):
-        print(f"{name:24}{row['per_second']:>10.0f}{row['p50_ms']:>10.1f}{row['p99_ms']:>10.1f}{row['seconds']:>10.1f}")
+    print(f"\n{args.orders} order lifecycles, {runs[0]['messages']} commands -> events, all plugins on, {mode}, "
+          f"{os.cpu_count()} cores")
+    print(f"{'':28}{'msgs/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'seconds':>10}   CPU used, in cores")
+    for row in runs:
+        name = f"service x{row['instances']} (cmd -> event)"
+        cpu = row["cpu"]
+        print(f"{name:28}{row['per_second']:>10.0f}{row['p50_ms']:>10.1f}{row['p99_ms']:>10.1f}{row['seconds']:>10.1f}"
+              f"   machine {cpu['machine']:.2f}: service {cpu['service']:.2f}, RabbitMQ {cpu['rabbitmq']:.2f}, "
+              f"store {cpu['store']:.2f}")
+    print(f"{'raw aio-pika (pub->ack)':28}{raw['per_second']:>10.0f}{raw['p50_ms']:>10.1f}{raw['p99_ms']:>10.1f}"
+          f"{raw['seconds']:>10.1f}")
     if args.rate:
         print("ratio service/raw: not meaningful when paced (the service gets what the pace offers);"
               " read p50/p99")
     else:
-        print(f"ratio service/raw: {service['per_second'] / raw['per_second']:.3f}")
-    print(round_trip_report(before, after, service["messages"]))
+        for row in runs:
+            print(f"ratio service x{row['instances']}/raw: {row['per_second'] / raw['per_second']:.3f}")
+        if len(runs) > 1:
+            print(f"scaling x{runs[-1]['instances']}/x{runs[0]['instances']}: "
+                  f"{runs[-1]['per_second'] / runs[0]['per_second']:.2f}")
+    for row in runs:
+        print(f"service x{row['instances']}: {row['round_trips']}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ publishing connection's user: `bus.authorization` says which broker user may sen
 types and act for which roles (`Senders`). Refused ones are dead-lettered as `unauthorized`.
 Everything rescenter publishes carries its own broker user in `user_id`.
 
+On a cluster (`bus.urls`), the connection moves to the next member whenever it is lost or
+refused (`ClusterConnection`); quorum queues keep their messages on the surviving members,
+robust channels declare again what they declared and consumers come back by themselves.
+
 One robust connection per process; one channel for publishing with confirms;
 one channel per consumer group with its own prefetch. Strong references to
 every declared queue are kept so that recovery after a reconnect restores them.
@@ -45,13 +49,15 @@ from aio_pika.abc import (
     AbstractRobustExchange,
     AbstractRobustQueue,
 )
-from aio_pika.exceptions import DeliveryError
+from aio_pika.exceptions import ChannelPreconditionFailed, DeliveryError
+from yarl import URL
 
 from core.errors import RescenterError, Unavailable
 from core.locks import KeyedLocks
 from core.messages import REQUEST_ID, Actor, Catalogue, Envelope, MessageData, Queue, Topology
 from core.metrics import Metrics
 from core.settings import BusAuthorization, BusSettings
+from core.store import unreachable
 
 log = structlog.get_logger("rescenter.bus")
 
@@ -63,6 +69,37 @@ Handler = Callable[[Envelope, MessageData], Awaitable[None]]
 
 class Unroutable(Unavailable):
     """The broker returned a message that no queue could take."""
+
+
+class ClusterConnection(aio_pika.RobustConnection):
+    """A robust connection to the members of a RabbitMQ cluster, one at a time.
+
+    aio-pika's robust connection reconnects to the one URL it was given. Each of its attempts
+    starts by dropping the transport (`self.transport = None`) and then connects to `self.url`:
+    at that moment this class moves `self.url` to the next member, so that an attempt after a
+    lost connection or a refused one goes to another node, round the list."""
+
+    def __init__(self, url: Any, *, members: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._next = 0
+        self._members = tuple(members) or (str(url),)
+
+    @property  # type: ignore[override]
+    def transport(self) -> Any:
+        return self.__dict__.get("_transport")
+
+    @transport.setter
+    def transport(self, value: Any) -> None:
+        self.__dict__["_transport"] = value
+        members = self.__dict__.get("_members")
+        if value is None and members and not self.__dict__.get("_close_called"):
+            self.url = URL(members[self._next % len(members)])
+            self._next += 1
+
+    @property
+    def member(self) -> str:
+        """The address in use (or being tried), without its password."""
+        return str(self)
 
 
 @dataclass(frozen=True)
@@ -178,11 +215,24 @@ class Bus:
         return f"{self.settings.exchange}.unrouted"
 
     async def connect(self) -> None:
-        self.connection = await aio_pika.connect_robust(
-            self.settings.url,
-            client_properties={"connection_name": "rescenter"},
-            reconnect_interval=1,
-        )
+        addresses = self.settings.addresses
+        if len(addresses) == 1:
+            self.connection = await aio_pika.connect_robust(
+                addresses[0], client_properties={"connection_name": "rescenter"}, reconnect_interval=1,
+            )
+        else:
+            # Not fail-fast: a member that is down at start is skipped for the next one.
+            connection = ClusterConnection(
+                URL(addresses[0]), members=addresses, fail_fast=False,
+                client_properties={"connection_name": "rescenter"}, reconnect_interval=1,
+            )
+            try:
+                async with asyncio.timeout(10 * len(addresses)):
+                    await connection.connect()
+            except TimeoutError:
+                await connection.close()
+                raise Unavailable(f"no member of the cluster answers: {', '.join(addresses)}") from None
+            self.connection = connection
         self._publish_channel = await self.connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
@@ -190,9 +240,7 @@ class Bus:
             self.unrouted_name, aio_pika.ExchangeType.FANOUT, durable=True
         )
         unrouted = await self._publish_channel.declare_queue(
-            self.unrouted_name,
-            durable=True,
-            arguments={"x-max-length": self.settings.unrouted_max_length, "x-overflow": "drop-head"},
+            self.unrouted_name, durable=True, arguments=await self._unrouted_arguments()
         )
         await unrouted.bind(unrouted_exchange)
         self._exchange = await self._publish_channel.declare_exchange(
@@ -205,6 +253,27 @@ class Bus:
             self.dead_exchange_name, aio_pika.ExchangeType.DIRECT, durable=True
         )
         self._declared += [unrouted_exchange, unrouted, self._exchange, self._dead_exchange]
+
+    async def _unrouted_arguments(self) -> dict[str, Any]:
+        """A quorum queue, replicated like the others, so that an event nobody subscribes to
+        survives the loss of a node. Releases before this one declared it as a classic queue,
+        which the broker will not turn into another type: that one is used as it is, with a
+        warning (delete it once to have it declared anew)."""
+        assert self.connection is not None
+        arguments: dict[str, Any] = {"x-max-length": self.settings.unrouted_max_length, "x-overflow": "drop-head"}
+        trial = await self.connection.channel()  # a refused declaration closes its channel
+        try:
+            await trial.declare_queue(self.unrouted_name, durable=True,
+                                      arguments={**arguments, "x-queue-type": "quorum"})
+            return {**arguments, "x-queue-type": "quorum"}
+        except ChannelPreconditionFailed as exc:
+            log.warning("the unrouted queue is a classic queue from an older release: not replicated; "
+                        "delete it to have it declared as a quorum queue", queue=self.unrouted_name,
+                        error=str(exc))
+            return arguments
+        finally:
+            with contextlib.suppress(Exception):
+                await trial.close()
 
     @property
     def connected(self) -> bool:
@@ -417,8 +486,7 @@ class Bus:
             return
         outcome = "ok"
         try:
-            async with self._locks.hold(envelope.subject):
-                await handler(envelope, data)
+            await self._apply(group, handler, envelope, data)
         except RescenterError as exc:
             if exc.permanent:
                 outcome = "rejected"
@@ -436,6 +504,26 @@ class Bus:
         finally:
             self.metrics.consumed.labels(group.name, envelope.type, outcome).inc()
             self.metrics.handler_seconds.labels(group.name).observe(time.perf_counter() - started)
+
+    async def _apply(self, group: ConsumerGroup, handler: Handler, envelope: Envelope, data: MessageData) -> None:
+        """Run the handler; while the store is unreachable, run it again in place. An outage is
+        not the message's fault: handing it back would count a delivery each time (the queue's
+        `x-delivery-limit`), and a store down for some seconds would dead-letter whatever was
+        in flight. The message stays unacknowledged meanwhile (the prefetch bounds how many),
+        so a consumer that is stopped, or a process that dies, hands it back as usual."""
+        pause = 0.25
+        while True:
+            try:
+                async with self._locks.hold(envelope.subject):
+                    await handler(envelope, data)
+                return
+            except Exception as exc:
+                if not unreachable(exc) or group.consumer_tag is None:
+                    raise
+                self.metrics.store_outage_retries.labels(group.name).inc()
+                log.warning("store unreachable; the message waits for it", error=repr(exc), pause=pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
     async def _retry(self, group: ConsumerGroup, message: AbstractIncomingMessage, exc: BaseException) -> None:
         deliveries = int((message.headers or {}).get("x-delivery-count", 0) or 0) + 1
@@ -515,4 +603,4 @@ async def delete_topology(settings: BusSettings, groups: Iterable[str]) -> None:
                     await channel.exchange_delete(name)
 
 
-__all__ = ["Bus", "Senders", "Subscription", "Unroutable", "broker_user", "delete_topology", "topology"]
+__all__ = ["Bus", "ClusterConnection", "Senders", "Subscription", "Unroutable", "broker_user", "delete_topology", "topology"]

@@ -18,6 +18,11 @@ class Metrics:
             "rescenter_dead_lettered_total", "Messages sent to a dead-letter queue, by reason.",
             ["plugin", "reason"], registry=r,
         )
+        self.store_outage_retries = Counter(
+            "rescenter_store_outage_retries_total",
+            "Handler runs that found the store unreachable and were run again in place (the message kept).",
+            ["plugin"], registry=r,
+        )
         self.handler_seconds = Histogram(
             "rescenter_handler_seconds", "Time spent handling one message.", ["plugin"], registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),

@@ -29,12 +29,12 @@ from pymongo.errors import DuplicateKeyError
 
 from core import hookspecs
 from core.clock import Clock
-from core.errors import Conflict, NotFound, RuleViolation
+from core.errors import Conflict, NotFound, RuleViolation, Unavailable
 from core.messages import Actor, PlaceOrder, PluginSwitched, make_envelope
 from core.metrics import Metrics
 from core.outbox import Effect, Outbox
 from core.settings import PluginSettings
-from core.store import Store
+from core.store import Store, unreachable
 from core.whatif import PolicyReplay
 
 log = structlog.get_logger("rescenter.plugins")
@@ -229,6 +229,12 @@ class PluginRegistry:
         (raised as a RuleViolation), and every plugin then undoes what it reserved."""
         calls = self.call_each("veto_order", services=services, order=command)
         answers = await asyncio.gather(*(await_me_maybe(r.value) for r in calls), return_exceptions=True)
+        outage = next((a for a in answers if isinstance(a, BaseException) and unreachable(a)), None)
+        if outage is not None:
+            # Not a refusal: the order could not be checked now and may be placed later (over
+            # the bus the command runs again once the store answers; over HTTP a 503).
+            await self._undo_placement(services, command, "the store is unreachable")
+            raise Unavailable("cannot check the new order: the store is unreachable") from outage
         vetoes = []
         for result, answer in zip(calls, answers, strict=True):
             if isinstance(answer, BaseException):
@@ -242,11 +248,7 @@ class PluginRegistry:
         plugin, veto, reason = vetoes[0]
         log.info("order refused by a plugin", order_id=command.order_id, plugin=plugin,
                  plugin_rule=veto.rule if veto else None, seller_id=command.seller_id)
-        for undo in self.call_each("order_not_placed", services=services, order=command, reason=reason):
-            try:
-                await await_me_maybe(undo.value)
-            except Exception:
-                log.exception("order_not_placed hook failed", plugin=undo.plugin)
+        await self._undo_placement(services, command, reason)
         if veto is not None and veto.discreet:
             raise RuleViolation(reason, rule="ORD-5")
         raise RuleViolation(
@@ -256,6 +258,13 @@ class PluginRegistry:
             plugin_rule=veto.rule if veto else None,
             **(veto.details if veto else {}),
         )
+
+    async def _undo_placement(self, services: Any, command: PlaceOrder, reason: str) -> None:
+        for undo in self.call_each("order_not_placed", services=services, order=command, reason=reason):
+            try:
+                await await_me_maybe(undo.value)
+            except Exception:
+                log.exception("order_not_placed hook failed", plugin=undo.plugin)
 
     def describe(self) -> list[dict[str, Any]]:
         rows = [

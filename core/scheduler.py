@@ -117,10 +117,18 @@ class Scheduler:
         self._wake.set()
 
     async def cancel(self, deadline_id: str) -> None:
-        """A pending deadline will not fire; one already fired or cancelled stays as it is."""
+        """A pending deadline will not fire; one already fired or cancelled stays as it is.
+
+        One not scheduled yet is recorded as cancelled, so that its schedule, should it come
+        later, finds it and does not revive it: a change's effects may be applied after the
+        next change's (the first writer's flush failed, the outbox sweeper applies it later),
+        and an auto-completion scheduled after the acceptance cancelled it would fire (ORD-4).
+        A guarded upsert: refused as a duplicate `_id` when the deadline exists and is not
+        pending, which leaves it as it is."""
         await self.batcher.write(UpdateOne(
             {"_id": deadline_id, "state": "pending"},
             {"$set": {"state": "cancelled", "cancelled_at": self.clock.now(), "finished_at": _real_now()}},
+            upsert=True,
         ))
 
     async def get(self, deadline_id: str) -> dict[str, Any] | None:

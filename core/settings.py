@@ -12,6 +12,7 @@ import socket
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -91,6 +92,9 @@ class BusAuthorization(_Section):
 
 class BusSettings(_Section):
     url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    #: the members of a RabbitMQ cluster, tried in turn: a connection lost or refused moves to the
+    #: next one (`core.bus.ClusterConnection`); empty = `url` alone
+    urls: list[str] = []
     exchange: str = Field("rescenter.events", min_length=1)
     queue_prefix: str = Field("rescenter", min_length=1)
     prefetch: int = Field(64, ge=1, le=65535)
@@ -99,6 +103,24 @@ class BusSettings(_Section):
     shutdown_grace: Duration = timedelta(seconds=10)
     unrouted_max_length: int = Field(100_000, ge=1)
     authorization: BusAuthorization = BusAuthorization()
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every broker address the service may connect to, in the order it tries them."""
+        return tuple(self.urls) or (self.url,)
+
+    @model_validator(mode="after")
+    def _one_user_for_every_member(self) -> BusSettings:
+        # What rescenter publishes carries its broker user in user_id, which the broker checks.
+        users = {_amqp_user(url) for url in self.addresses}
+        if len(users) > 1:
+            raise ValueError(f"bus.urls name different broker users ({', '.join(sorted(users))}): "
+                             "every member must be reached as the same user")
+        return self
+
+
+def _amqp_user(url: str) -> str:
+    return unquote(urlsplit(url).username or "") or "guest"
 
 
 class StoreSettings(_Section):

@@ -19,6 +19,7 @@ import structlog
 from pymongo import AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ConnectionFailure
 from pymongo.monitoring import CommandFailedEvent, CommandListener, CommandStartedEvent, CommandSucceededEvent
 
 from core.batching import Batcher
@@ -32,6 +33,13 @@ log = structlog.get_logger("rescenter.store")
 APPLIED_KEEP = 200
 
 Collection = AsyncCollection[dict[str, Any]]
+
+
+def unreachable(exc: BaseException) -> bool:
+    """The store did not answer (down, restarting, no primary elected yet): an outage, not
+    the fault of whatever was being done."""
+    return isinstance(exc, ConnectionFailure) or (
+        exc.__cause__ is not None and exc.__cause__ is not exc and unreachable(exc.__cause__))
 
 
 class Store:

@@ -25,9 +25,9 @@ from core.messages import (
     core_catalogue,
 )
 from core.metrics import Metrics
-from tests import failing_plugin
+from tests import failing_plugin, outage_veto_plugin
 from tests.harness import ORDER, Harness
-from tests.support import consumed, eventually, header, rabbitmqctl_candidates, rabbitmqctl_for, run
+from tests.support import consumed, eventually, header, problem, rabbitmqctl_candidates, rabbitmqctl_for, run
 
 BUYER = Actor(id="buyer-1", role="buyer")
 SELLER = Actor(id="seller-1", role="seller")
@@ -208,6 +208,60 @@ async def test_handler_that_keeps_failing_is_dead_lettered_after_the_delivery_li
         assert await queue_depth(h, f"{h.settings.bus.queue_prefix}.failing_plugin") == 0
 
 
+async def test_a_store_outage_does_not_use_up_the_delivery_limit() -> None:
+    """A handler that finds the store unreachable runs again in place, the message kept:
+    a store down for longer than `delivery_limit` quick retries dead-lettered it before."""
+    async with Harness() as h:
+        service = await h.start_instance(plugins={"extra": ["tests.failing_plugin"]}, bus={"delivery_limit": 3})
+        await h.publish(failing_plugin.OUTAGE_TYPE, {"note": "later"}, id="outage-1")
+        attempts = service.services.store.collection(failing_plugin.COLLECTION)
+        done = await eventually(lambda: attempts.find_one({"_id": "outage-1"}), timeout=30,
+                                what="the handler succeeds once the store is back")
+        assert done["attempts"] == failing_plugin.OUTAGE_RUNS + 1
+        assert consumed(service, "failing_plugin", failing_plugin.OUTAGE_TYPE) == 1
+        assert await queue_depth(h, f"{h.settings.bus.queue_prefix}.failing_plugin.dead") == 0
+        registry = service.services.metrics.registry
+        assert registry.get_sample_value("rescenter_store_outage_retries_total",
+                                         {"plugin": "failing_plugin"}) == failing_plugin.OUTAGE_RUNS
+
+
+async def test_ORD_5_a_veto_that_finds_the_store_unreachable_is_not_a_refusal() -> None:
+    """A plugin that cannot check a new order because the store is down does not refuse it
+    for good (ORD-5 "could not check this order", dead-lettered as rejected): over HTTP the
+    placement is a 503 to retry, over the bus the command waits and the order is placed."""
+    async with Harness() as h:
+        service = await h.start_instance(plugins={"extra": ["tests.outage_veto_plugin"]})
+        buyer = h.client(service, "buyer-1", "buyer")
+        refused = await buyer.post("/orders", {**ORDER, "gig_id": outage_veto_plugin.GIG})
+        problem(buyer, refused, 503)
+        assert "rule" not in refused, refused
+        assert len(outage_veto_plugin.undone) == 1  # what other plugins reserved is given back
+
+        await h.publish("command.order.place", place_command("placed-after-outage", gig_id=outage_veto_plugin.GIG),
+                        subject="placed-after-outage")
+        await h.probe.wait_for("order.placed", lambda m: m.subject == "placed-after-outage", timeout=20)
+        assert outage_veto_plugin.asked["placed-after-outage"] == outage_veto_plugin.OUTAGE_RUNS + 1
+        assert await queue_depth(h, f"{h.settings.bus.queue_prefix}.core.dead") == 0
+
+
+async def test_a_cluster_member_down_at_start_is_skipped_for_the_next() -> None:
+    """`bus.urls`: each connection attempt goes to the next member (core.bus.ClusterConnection)."""
+    from tests.embedded import free_port
+
+    async with Harness() as h:
+        down = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+        settings = h.settings.bus.model_copy(update={"url": down, "urls": [down, h.settings.bus.url]})
+        bus = Bus(settings, core_catalogue(), Metrics())
+        await bus.connect()
+        try:
+            assert bus.connected
+            assert f":{urlparse(h.settings.bus.url).port or 5672}/" in str(bus.connection)
+            await bus.publish(Envelope(id="through-the-second-member", source="tests", type="order.nobody_listens",
+                                       time=utcnow(), subject="o-1", data={}))
+        finally:
+            await bus.close()
+
+
 # ---------------------------------------------------------------- unroutable
 
 
@@ -234,6 +288,27 @@ async def test_publish_raises_unroutable_when_the_broker_returns_the_message() -
                 await bus.publish(envelope("returned"))
         finally:
             await bus.close()
+
+
+async def test_the_unrouted_queue_is_a_quorum_queue_and_an_older_classic_one_is_kept() -> None:
+    async with Harness() as h:
+        bus = Bus(h.settings.bus, core_catalogue(), Metrics())
+        await bus.connect()
+        await bus.close()
+        connection = await aio_pika.connect(h.settings.bus.url)
+        async with connection:
+            channel = await connection.channel()
+            # Declaring it again as classic is refused: it is a quorum queue.
+            with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
+                await channel.declare_queue(bus.unrouted_name, durable=True, arguments={
+                    "x-max-length": h.settings.bus.unrouted_max_length, "x-overflow": "drop-head"})
+            channel = await connection.channel()
+            await channel.queue_delete(bus.unrouted_name)
+            # As an older release declared it: the service still starts and uses it.
+            await channel.declare_queue(bus.unrouted_name, durable=True, arguments={
+                "x-max-length": h.settings.bus.unrouted_max_length, "x-overflow": "drop-head"})
+        service = await h.start_instance()
+        assert service.services is not None and service.services.bus.connected
 
 
 # ---------------------------------------------------------------- broker restart

@@ -3,6 +3,7 @@ production guards, and every policy number of RULES.md kept in config/defaults.t
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -67,6 +68,17 @@ def test_MONGODB_URL_and_RABBITMQ_URL_shorthands_set_store_and_bus_urls(monkeypa
     settings = load_settings()
     assert settings.store.url == "mongodb://db.example:27018/"
     assert settings.bus.url == "amqp://u:p@mq.example:5673/"
+
+
+def test_bus_urls_name_the_members_of_a_cluster_reached_as_one_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    members = ["amqp://svc:p@mq-1:5672/", "amqp://svc:p@mq-2:5672/", "amqp://svc:p@mq-3:5672/"]
+    monkeypatch.setenv("RESCENTER_BUS__URLS", json.dumps(members))
+    assert load_settings().bus.addresses == tuple(members)
+    monkeypatch.delenv("RESCENTER_BUS__URLS")
+    assert load_settings().bus.addresses == (load_settings().bus.url,)
+    monkeypatch.setenv("RESCENTER_BUS__URLS", json.dumps([*members[:2], "amqp://other:p@mq-3:5672/"]))
+    with pytest.raises(SettingsError, match="bus.urls name different broker users"):
+        load_settings()
 
 
 def test_the_full_variable_wins_over_the_MONGODB_URL_shorthand(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
+from core.scheduler import Deadline
 from core.service import Service
 from tests.harness import ORDER, Harness
 
@@ -144,3 +145,23 @@ async def test_ORD_2_a_deadline_cancelled_while_the_query_read_it_is_not_fired()
         assert (await scheduler.get(late["_id"]))["state"] == "cancelled"
         await h.probe.settle(0.3)
         assert h.probe.of_type("order.late", order["id"]) == []
+
+
+async def test_ORD_4_a_deadline_cancelled_before_it_was_scheduled_does_not_fire() -> None:
+    """The effects of two changes may be applied out of order after a fault (the first
+    writer's flush failed and the outbox sweeper applies it later): the acceptance's cancel,
+    then the delivery's schedule of the auto-completion. The schedule must not revive it."""
+    async with Harness() as h:
+        a = await h.start_instance()
+        assert a.services is not None
+        scheduler = a.services.scheduler
+        now = a.services.clock.now()
+        await scheduler.cancel("late-schedule")
+        await scheduler.schedule(Deadline(id="late-schedule", owner="core", kind="order.auto_complete",
+                                          subject="no-such-order", due_at=now - timedelta(days=1)))
+        await scheduler.cancel("cancelled-twice")  # twice: stays cancelled
+        await scheduler.cancel("cancelled-twice")
+        record = await scheduler.get("late-schedule")
+        assert record is not None and record["state"] == "cancelled", record
+        assert (await scheduler.get("cancelled-twice") or {}).get("state") == "cancelled"
+        assert await scheduler.claim_next(now) is None
