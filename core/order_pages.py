@@ -197,12 +197,12 @@ async def order_page(orders: Collection, party: Party, party_id: str, *, limit: 
     return Page(orders=found[:limit], next=Position(party=party, placed_at=last["placed_at"], order_id=last["_id"]))
 
 
-def page_limit(raw: str | None) -> int:
-    """`limit` from the query string: a whole number from 1 to MAX_LIMIT, DEFAULT_LIMIT when absent."""
+def page_limit(raw: str | None, *, default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> int:
+    """`limit` from the query string: a whole number from 1 to `maximum`, `default` when absent."""
     if raw is None:
-        return DEFAULT_LIMIT
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise InvalidInput(f"'limit' must be a whole number from 1 to {MAX_LIMIT}", field="limit", limit=raw)
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
+        raise InvalidInput(f"'limit' must be a whole number from 1 to {maximum}", field="limit", limit=raw)
     return int(raw)
 
 

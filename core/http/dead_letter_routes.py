@@ -17,8 +17,9 @@ from core.dead_letters import (
     DiscardResult,
     ReplayResult,
 )
-from core.errors import InvalidInput, Unavailable
+from core.errors import Unavailable
 from core.http.routes import Body, Call, QueryParam, Route
+from core.order_pages import page_limit
 
 ADMIN = frozenset({"admin"})
 Id = Annotated[str, Field(min_length=1, max_length=200)]
@@ -42,21 +43,14 @@ def _dead_letters(call: Call) -> DeadLetters:
     return dead_letters
 
 
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return DEFAULT_LIMIT
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise InvalidInput(f"'limit' must be a whole number from 1 to {MAX_LIMIT}", field="limit", limit=raw)
-    return int(raw)
-
-
 async def list_dead_letters(call: Call) -> DeadLetterSummary:
     return await _dead_letters(call).summary()
 
 
 async def dead_letter_page(call: Call) -> DeadLetterPage:
     query = call.request.query
-    return await _dead_letters(call).page(call.match["queue"], _limit(query.get("limit")), query.get("after"))
+    limit = page_limit(query.get("limit"), default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
+    return await _dead_letters(call).page(call.match["queue"], limit, query.get("after"))
 
 
 async def replay_dead_letters(call: Call) -> ReplayResult:
