@@ -330,6 +330,12 @@ class Bus:
             raise Unavailable(f"{envelope.type} was not confirmed by the broker") from exc
         except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             raise Unavailable(f"cannot publish {envelope.type}: {exc!r}") from exc
+        except asyncio.CancelledError as exc:
+            if _task_cancelling():
+                raise
+            # The channel closed under the publish (its node went away): the confirm's future
+            # was cancelled, not this task. Not taken: the caller keeps the event for later.
+            raise Unavailable(f"the publish of {envelope.type} was cut off: the channel closed") from exc
         self.metrics.published.labels(envelope.type).inc()
 
     async def send_to_queue(self, queue: str, body: bytes, *, message_id: str | None, type: str | None,
@@ -349,6 +355,10 @@ class Bus:
             raise Unavailable(f"{queue} did not take the message") from exc
         except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             raise Unavailable(f"cannot publish to {queue}: {exc!r}") from exc
+        except asyncio.CancelledError as exc:
+            if _task_cancelling():
+                raise
+            raise Unavailable(f"the publish to {queue} was cut off: the channel closed") from exc
 
     async def queue_depths(self, queues: Iterable[str]) -> dict[str, int]:
         """Messages ready in each queue (a passive declare each; a missing queue is left out)."""
@@ -602,5 +612,12 @@ async def delete_topology(settings: BusSettings, groups: Iterable[str]) -> None:
                 else:
                     await channel.exchange_delete(name)
 
+
+
+def _task_cancelling() -> bool:
+    """Within `except CancelledError`: whether this task is being cancelled (a shutdown), or
+    only a future it awaited was (aiormq cancels the pending confirms of a channel that closes)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 __all__ = ["Bus", "ClusterConnection", "Senders", "Subscription", "Unroutable", "broker_user", "delete_topology", "topology"]

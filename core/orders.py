@@ -165,6 +165,9 @@ class OrderService:
         if existing is not None:
             if _same_order(existing, command):
                 await list_order(self.lists, existing)  # a retried placement: listed, whatever came before
+                if existing.get("_outbox"):  # and its event out, if the first attempt was cut off
+                    async with self._writing.hold(existing["_id"]):
+                        await self._flush_quietly(existing)
                 return existing
             if message_id is not None and existing.get("placement_id") == message_id:
                 raise InvalidInput("this Idempotency-Key was used for a different order", order_id=command.order_id)
@@ -432,7 +435,12 @@ class OrderService:
             if order is None:
                 raise NotFound(f"no order {order_id!r}", order_id=order_id)
             if message_id is not None and message_id in order.get("_applied", []):
-                return order  # a redelivery: already applied
+                # A redelivery: already applied. If the first attempt was cut off between its
+                # write and its flush (its task cancelled when the consumer's channel closed),
+                # the effects still wait in the outbox: apply them now, once their lease ends.
+                if order.get("_outbox"):
+                    await self._flush_quietly(order)
+                return order
             now = self.clock.now()
             change = decide(order, now)
             if not (change.set or change.inc or change.events or change.cancel or change.schedule):

@@ -192,8 +192,9 @@ class Outbox:
                 return
             async with self._locks.hold(f"{collection}/{doc['_id']}"):
                 await self._apply_and_clear(collection, doc["_id"], entries)
-        except Exception:
-            # Stored but not (all) applied: this instance retries it once its lease ends.
+        except BaseException:
+            # Stored but not (all) applied, whatever stopped it (an error, or a cancellation
+            # when the consumer's channel closed): this instance retries it once its lease ends.
             self._deferred.add((collection, doc["_id"]))
             raise
 

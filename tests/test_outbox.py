@@ -281,7 +281,7 @@ async def test_ORD_6_a_flush_that_failed_is_retried_by_its_instance_without_scan
     """The broker refused a publish after the write: the instance that wrote retries that
     document by `_id` once its lease ends. No full sweep (a scan on the embedded store) runs
     for it: only the one at start-up."""
-    async with Harness() as h:  # outbox lease 1 s, sweep round every 0.2 s, full sweep every 10 min
+    async with Harness() as h:  # outbox lease 1 s, sweep round every 0.2 s, full sweep every minute
         a = await h.start_instance()
         assert a.services is not None
         buyer = h.client(a, "buyer-1", "buyer")
@@ -367,3 +367,31 @@ async def test_ORD_4_an_event_goes_out_after_the_deadlines_its_change_moved() ->
         await buyer.post(f"/orders/{order_id}/acceptance", {}, expect=200)
         await h.probe.wait_for("order.completed", lambda m: m.subject == order_id)
         assert sorted(seen["order.completed"]) == [("order.auto_complete", "cancelled"), ("order.late", "cancelled")]
+
+
+async def test_ORD_6_a_redelivered_command_publishes_what_its_cut_off_first_attempt_left() -> None:
+    """The first attempt stored its change, then its task was cancelled before the flush (the
+    consumer's channel closed under it): no instance died and the flush never failed, so
+    only the redelivery, which finds its message applied, can see the events still waiting."""
+    async with Harness() as h:
+        a = await h.start_instance()
+        assert a.services is not None
+        buyer = h.client(a, "buyer-1", "buyer")
+        order_id = (await buyer.post("/orders", ORDER, expect=201))["id"]
+        await a.services.orders.submit_requirements(order_id, Actor(id="buyer-1", role="buyer"), "x",
+                                                     message_id="command-1")
+        await h.probe.wait_for("order.requirements_submitted", lambda m: m.subject == order_id)
+        # As the cut-off attempt left it: applied, with an event nobody published.
+        left = _switched(7)
+        past = utcnow().replace(year=2000)
+        entry = {**Effect.publish(left).entry(), "writer": "cut-off", "until": past.isoformat()}
+        await a.services.orders.collection.update_one(
+            {"_id": order_id}, {"$set": {"_outbox": [entry], "_outbox_due": past}})
+
+        again = await a.services.orders.submit_requirements(order_id, Actor(id="buyer-1", role="buyer"), "x",
+                                                             message_id="command-1")
+        assert again["state"] == "in_progress" and again["_version"] == 2  # applied once
+        await h.probe.wait_for("plugin.switched", lambda m: m.id == left.id, timeout=3)
+        stored = await a.services.orders.collection.find_one({"_id": order_id})
+        assert stored["_outbox"] == []
+        assert _full_sweeps(a) == 1  # not the safety net: the redelivery did it
