@@ -150,7 +150,7 @@ class SchedulerSettings(_Section):
 class OutboxSettings(_Section):
     sweep_interval: Duration = Field(timedelta(seconds=5), gt=timedelta(0))
     lease: Duration = Field(timedelta(seconds=5), gt=timedelta(0))
-    full_sweep_interval: Duration = Field(timedelta(minutes=10), gt=timedelta(0))
+    full_sweep_interval: Duration = Field(timedelta(minutes=1), gt=timedelta(0))
 
 
 class IdempotencySettings(_Section):
