@@ -34,6 +34,12 @@ previous one (as users act on what they see), and p50/p99 command->event
 latency is the figure to read: it is the service's latency, not queueing
 behind a flood. Run the unpaced mode first to know the peak rate.
 
+    python bench/throughput.py --orders 1000 --preload 0,20000
+
+With `--preload 0,20000` it runs one instance twice, on an empty store and on
+one holding 20,000 orders (stored as bench/http_load.py preloads them), and
+prints the ratio: whether the service slows down as data grows.
+
 It is not a test: figures vary with the machine; compare ratios from one run.
 """
 
@@ -326,6 +332,8 @@ async def measure(url: str, mongo_url: str, instances: int, args: argparse.Names
     try:
         for port, process in zip(ports, processes, strict=True):
             await wait_ready(port, process)
+        if args.preload:
+            await preload_orders(ports[0], processes[0], mongo_url, service.database, args.preload)
         before = [(await counters(port))["rescenter_store_commands"] for port in ports]
         cpu_before = cpu_seconds([p.pid for p in processes])
         result = await run_service_load(url, service.exchange, args.orders, args.window, args.rate)
@@ -341,11 +349,36 @@ async def measure(url: str, mongo_url: str, instances: int, args: argparse.Names
                 process.kill()
         await cleanup(url, mongo_url, service.database, service.exchange, service.prefix)
     result["instances"] = instances
+    result["preload"] = args.preload
     result["cpu"] = {k: (cpu_after[k] - cpu_before[k]) / result["seconds"] for k in cpu_after}
     result["round_trips"] = round_trip_report(_summed(before), _summed(after), result["messages"])
     result["prefix"] = service.prefix
     result["exchange"] = service.exchange
     return result
+
+
+async def preload_orders(port: int, process: subprocess.Popen[bytes], mongo_url: str, database: str,
+                         orders: int) -> None:
+    """`orders` orders stored before the load, as bench/http_load.py preloads them (template
+    orders through the service, cloned with new ids and earlier times), for "no slowdown
+    with volume": the same load on an empty and on a filled store."""
+    from bench.http_load import Target, make_templates, preload, settled
+    from core.settings import load_settings
+    from core.store import Store
+
+    started = time.perf_counter()
+    async with aiohttp.ClientSession() as session:
+        templates = await make_templates(Target(port, process, session, load_settings().auth))
+    await settled(port)
+    store = Store(mongo_url, database)
+    await store.connect()
+    try:
+        await preload(store, templates, orders, buyers=max(10, orders // 10), sellers=max(10, orders // 100),
+                      days=120)
+    finally:
+        await store.close()
+    await settled(port)
+    print(f"preloaded {orders} orders in {time.perf_counter() - started:.1f} s", flush=True)
 
 
 def _summed(per_instance: list[dict[tuple[str, ...], float]]) -> dict[tuple[str, ...], float]:
@@ -364,11 +397,20 @@ async def main() -> None:
                         help="paced mode: about this many commands per second, for latency")
     parser.add_argument("--instances", default="1,2",
                         help="service processes to run the load against, one run per number (1,2: both)")
+    parser.add_argument("--preload", default="0", metavar="N[,N...]",
+                        help="orders stored before the load, one run per number (0,20000: an empty and a filled "
+                             "store, with --instances 1)")
     args = parser.parse_args()
 
     url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
     mongo_url = os.environ.get("MONGODB_URL", "mongodb://127.0.0.1:27017/")
-    runs = [await measure(url, mongo_url, int(n), args) for n in args.instances.split(",")]
+    preloads = [int(n) for n in args.preload.split(",")]
+    if len(preloads) > 1:  # one instance, several store sizes
+        runs = [await measure(url, mongo_url, 1, argparse.Namespace(**{**vars(args), "preload": n}))
+                for n in preloads]
+    else:
+        args.preload = preloads[0]
+        runs = [await measure(url, mongo_url, int(n), args) for n in args.instances.split(",")]
     raw_names = BusSettings(url=url, exchange=f"{runs[-1]['prefix']}.raw", queue_prefix=runs[-1]["prefix"])
     try:
         raw = await run_raw(url, raw_names.exchange, raw_names.queue_prefix, runs[-1]["messages"], args.window)
@@ -378,26 +420,32 @@ async def main() -> None:
     mode = f"paced at {args.rate:g} commands/s" if args.rate else "unpaced"
     print(f"\n{args.orders} order lifecycles, {runs[0]['messages']} commands -> events, all plugins on, {mode}, "
           f"{os.cpu_count()} cores")
-    print(f"{'':28}{'msgs/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'seconds':>10}   CPU used, in cores")
+    print(f"{'':40}{'msgs/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'seconds':>10}   CPU used, in cores")
+    def label(row: dict[str, Any]) -> str:
+        return f"service x{row['instances']}" + (f", {row['preload']} stored" if row["preload"] else "")
+
     for row in runs:
-        name = f"service x{row['instances']} (cmd -> event)"
+        name = f"{label(row)} (cmd -> event)"
         cpu = row["cpu"]
-        print(f"{name:28}{row['per_second']:>10.0f}{row['p50_ms']:>10.1f}{row['p99_ms']:>10.1f}{row['seconds']:>10.1f}"
+        print(f"{name:40}{row['per_second']:>10.0f}{row['p50_ms']:>10.1f}{row['p99_ms']:>10.1f}{row['seconds']:>10.1f}"
               f"   machine {cpu['machine']:.2f}: service {cpu['service']:.2f}, RabbitMQ {cpu['rabbitmq']:.2f}, "
               f"store {cpu['store']:.2f}")
-    print(f"{'raw aio-pika (pub->ack)':28}{raw['per_second']:>10.0f}{raw['p50_ms']:>10.1f}{raw['p99_ms']:>10.1f}"
+    print(f"{'raw aio-pika (pub->ack)':40}{raw['per_second']:>10.0f}{raw['p50_ms']:>10.1f}{raw['p99_ms']:>10.1f}"
           f"{raw['seconds']:>10.1f}")
     if args.rate:
         print("ratio service/raw: not meaningful when paced (the service gets what the pace offers);"
               " read p50/p99")
     else:
         for row in runs:
-            print(f"ratio service x{row['instances']}/raw: {row['per_second'] / raw['per_second']:.3f}")
-        if len(runs) > 1:
+            print(f"ratio {label(row)}/raw: {row['per_second'] / raw['per_second']:.3f}")
+        if len(runs) > 1 and len(preloads) > 1:
+            print(f"with {runs[-1]['preload']} orders stored / with {runs[0]['preload']}: "
+                  f"{runs[-1]['per_second'] / runs[0]['per_second']:.2f}")
+        elif len(runs) > 1:
             print(f"scaling x{runs[-1]['instances']}/x{runs[0]['instances']}: "
                   f"{runs[-1]['per_second'] / runs[0]['per_second']:.2f}")
     for row in runs:
-        print(f"service x{row['instances']}: {row['round_trips']}")
+        print(f"{label(row)}: {row['round_trips']}")
 
 
 if __name__ == "__main__":
