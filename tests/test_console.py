@@ -148,3 +148,34 @@ def test_the_consoles_templates_and_static_files_are_package_data() -> None:
     console = ROOT / "core" / "console"
     files = [p.relative_to(ROOT / "core").as_posix() for d in ("templates", "static") for p in (console / d).iterdir()]
     assert files and all(any(fnmatch(f, pattern) for pattern in patterns) for f in files), (files, patterns)
+
+
+async def test_MET_1_the_policy_what_if_page_replays_as_the_JSON_route_does_and_writes_nothing() -> None:
+    async with Harness() as h:
+        service = await h.start_instance()
+        assert service.services is not None
+        base = f"http://127.0.0.1:{service.port}"
+        support, buyer = Browserless(base), Browserless(base)
+        try:
+            await support.sign_in(h.token("sam", "support"))
+            await buyer.sign_in(h.token("bob", "buyer"))
+            assert (await buyer.page("/console/policy"))[0] == 403
+            assert "Policy what-if" not in (await buyer.page("/console/orders"))[1]  # not offered either
+            status, html = await support.page("/console/policy")
+            assert status == 200 and "policy.metrics.completion_window" in html
+
+            form = {"set": "policy.metrics.completion_window=P90D", "csrf_token": await support.csrf("/console/policy")}
+            status, html, _ = await support.post("/console/policy", form)
+            assert status == 200, html
+            assert "What if policy.metrics.completion_window=P90D" in html and "<caption>" in html, html
+            api = h.client(service, "sam", "support")
+            answer = await api.post("/admin/policy/what-if", {"set": {"policy.metrics.completion_window": "P90D"}},
+                                    expect=200)
+            assert answer["metrics"]["window"]["proposed"] in html  # the same replay, as a table
+
+            form = {"set": "policy.metrics.no_such_key=1", "csrf_token": await support.csrf("/console/policy")}
+            status, html, _ = await support.post("/console/policy", form)
+            assert status == 422 and "<h1>Invalid input</h1>" in html and "no_such_key" in html
+        finally:
+            await support.close()
+            await buyer.close()

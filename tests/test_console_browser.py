@@ -247,3 +247,15 @@ async def test_REV_8_support_removes_a_review_with_a_reason_from_the_order_page(
     text = await browser.do(browser.open_until, "/console/sellers/rm-s", f"{order_id} cancelled")
     assert "0.0 %: 0 completed of 1 orders that count" in text and "counts as a cancellation (MET-1)" in text
     await browser.do(browser.check, "seller")
+
+
+async def test_MET_1_support_replays_a_policy_change_on_the_what_if_page(console: Any) -> None:
+    h, service, browser = console
+    await started_order(h, service)
+    await browser.do(browser.sign_in, h.token("sam", "support"))
+    await browser.do(browser.click, "Policy what-if")
+    await browser.do(browser.fill, "set", "policy.metrics.completion_window=P90D\npolicy.reviews.review_window=P7D")
+    await browser.do(browser.click, "Replay")
+    text = await browser.do(browser.text)
+    assert "What if policy.metrics.completion_window=P90D, policy.reviews.review_window=P7D" in text, text
+    await browser.do(browser.check, "policy-what-if")

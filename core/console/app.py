@@ -338,6 +338,47 @@ async def clock_advance(request: web.Request) -> web.StreamResponse:
     return render(request, "clock.html", {"clock": moved, "fired": moved["fired"], "by": form.get("by")})
 
 
+# ---------------------------------------------------------------- policy what-if
+
+WHAT_IF = "/admin/policy/what-if"
+
+
+async def policy_page(request: web.Request) -> web.StreamResponse:
+    require(signed_in(request))
+    caller = api(request)
+    admit(caller.route("POST", WHAT_IF), caller.services, caller.principal)
+    return render(request, "policy.html", {"answer": None, "tables": [], "form": {}, "keys": _replay_keys(caller)})
+
+
+async def policy_what_if(request: web.Request) -> web.StreamResponse:
+    """The same replay as `POST /admin/policy/what-if` (core/whatif.py), shown as the tables the
+    command line prints: nothing is written."""
+    form = await form_of(request)
+    caller = api(request)
+    changes: dict[str, str] = {}
+    for line in form.get("set", "").splitlines():
+        if line.strip():
+            key, sep, value = line.partition("=")
+            if not sep:
+                raise InvalidInput(f"{line.strip()!r}: write each change as KEY=VALUE", field="set")
+            changes[key.strip()] = value.strip()
+    body: dict[str, Any] = {"set": changes}
+    if form.get("at", "").strip():
+        body["at"] = form["at"].strip()
+    sellers = [s.strip() for s in form.get("sellers", "").split(",") if s.strip()]
+    if sellers:
+        body["sellers"] = sellers
+    answer = await caller.call("POST", WHAT_IF, body=body)
+    tables = [table for replay in caller.services.plugins.policy_replays() if answer.get(replay.section) is not None
+              for table in replay.tables(answer[replay.section])]
+    return render(request, "policy.html", {"answer": answer, "tables": tables, "form": form,
+                                           "keys": _replay_keys(caller)})
+
+
+def _replay_keys(caller: ApiCaller) -> list[str]:
+    return sorted(key for replay in caller.services.plugins.policy_replays() for key in replay.keys)
+
+
 # ---------------------------------------------------------------- dead letters
 
 
@@ -441,6 +482,8 @@ def console_app(settings: Any) -> web.Application:
     app.router.add_get("/dead-letters/{queue}/{id}", dead_letter_message_page)
     app.router.add_post("/dead-letters/{queue}/replay", dead_letters_replay)
     app.router.add_post("/dead-letters/{queue}/discard", dead_letters_discard)
+    app.router.add_get("/policy", policy_page)
+    app.router.add_post("/policy", policy_what_if)
     app.router.add_get("/clock", clock_page)
     app.router.add_post("/clock", clock_advance)
     app.router.add_static("/static", STATIC, name="static")
