@@ -156,32 +156,28 @@ class Scheduler:
         candidates = await self.collection.find(query).sort("due_at", ASCENDING).limit(CLAIM_BATCH).to_list()
         self._next_due = None
         for doc in candidates:
-            if doc["state"] == "pending":
-                if doc["due_at"] > now:
-                    self._next_due = doc["due_at"]  # sorted: every later candidate is later still
-                    break
-            elif doc["state"] != "claimed" or doc.get("lease_until") is None or doc["lease_until"] > real_now:
-                # Not what the query asked for: the store matched an older version of the
-                # document and returned the newer one (cancelled, done, or claimed meanwhile).
-                # The embedded store reads without a snapshot and did so; claiming it with
-                # the state we read would fire a cancelled deadline.
-                continue
-            if await self._claim(doc, real_now):
+            if doc["state"] == "pending" and doc["due_at"] > now:
+                self._next_due = doc["due_at"]  # sorted: every later candidate is later still
+                break
+            if await self._claim(doc, now, real_now):
                 return _deadline(doc)
         return None
 
-    async def _claim(self, doc: dict[str, Any], real_now: datetime) -> bool:
+    async def _claim(self, doc: dict[str, Any], now: datetime, real_now: datetime) -> bool:
         """Take attempt n+1 of a deadline, unless another instance already has.
 
-        One conditional update: the filter holds what this instance read (state,
-        attempt count, lease), so of several instances reading the same
-        candidate exactly one matches, and a deadline cancelled meanwhile does
-        not match at all.
+        One conditional update whose filter is the claim's own condition (pending
+        and due, or claimed with its lease run out) and the attempt count read:
+        of several instances reading the same candidate exactly one matches, and
+        a deadline cancelled or fired meanwhile does not match at all, whatever
+        state the read returned. (The embedded store reads without a snapshot:
+        it matched a pending deadline and returned it cancelled, and a filter
+        built from that state fired an auto-completion days early.)
         """
         attempt = doc.get("attempts", 0) + 1
-        guard: dict[str, Any] = {"_id": doc["_id"], "state": doc["state"], "attempts": doc.get("attempts", 0)}
-        if doc["state"] == "claimed":
-            guard["lease_until"] = {"$lte": real_now}
+        claimable = ({"state": "claimed", "lease_until": {"$lte": real_now}} if doc["state"] == "claimed"
+                     else {"state": "pending", "due_at": {"$lte": now}})
+        guard: dict[str, Any] = {"_id": doc["_id"], "attempts": doc.get("attempts", 0), **claimable}
         taken = await self.collection.update_one(
             guard,
             {"$set": {"state": "claimed", "claimed_by": self.instance, "attempts": attempt,
