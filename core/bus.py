@@ -321,21 +321,7 @@ class Bus:
             user_id=self.own_user,  # the broker checks it; our own commands are authorized by it
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
-        try:
-            async with asyncio.timeout(timeout):
-                await self._exchange.publish(message, routing_key=envelope.type, mandatory=True)
-        except DeliveryError as exc:
-            if exc.frame is not None and hasattr(exc.frame, "reply_text"):
-                raise Unroutable(f"{envelope.type} was returned: {exc.frame.reply_text}") from exc
-            raise Unavailable(f"{envelope.type} was not confirmed by the broker") from exc
-        except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-            raise Unavailable(f"cannot publish {envelope.type}: {exc!r}") from exc
-        except asyncio.CancelledError as exc:
-            if _task_cancelling():
-                raise
-            # The channel closed under the publish (its node went away): the confirm's future
-            # was cancelled, not this task. Not taken: the caller keeps the event for later.
-            raise Unavailable(f"the publish of {envelope.type} was cut off: the channel closed") from exc
+        await _publish_confirmed(self._exchange, message, envelope.type, what=envelope.type, timeout=timeout)
         self.metrics.published.labels(envelope.type).inc()
 
     async def send_to_queue(self, queue: str, body: bytes, *, message_id: str | None, type: str | None,
@@ -348,17 +334,8 @@ class Bus:
             body, headers=headers, content_type=content_type, message_id=message_id, type=type,
             user_id=self.own_user, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
-        try:
-            async with asyncio.timeout(timeout):
-                await self._publish_channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
-        except DeliveryError as exc:
-            raise Unavailable(f"{queue} did not take the message") from exc
-        except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-            raise Unavailable(f"cannot publish to {queue}: {exc!r}") from exc
-        except asyncio.CancelledError as exc:
-            if _task_cancelling():
-                raise
-            raise Unavailable(f"the publish to {queue} was cut off: the channel closed") from exc
+        await _publish_confirmed(self._publish_channel.default_exchange, message, queue,
+                                 what=f"a message to {queue}", timeout=timeout)
 
     async def queue_depths(self, queues: Iterable[str]) -> dict[str, int]:
         """Messages ready in each queue (a passive declare each; a missing queue is left out)."""
@@ -612,6 +589,27 @@ async def delete_topology(settings: BusSettings, groups: Iterable[str]) -> None:
                 else:
                     await channel.exchange_delete(name)
 
+
+
+async def _publish_confirmed(exchange: Any, message: aio_pika.Message, routing_key: str, *, what: str,
+                             timeout: float) -> None:
+    """Publish (mandatory) and wait for the broker's confirm; any failure as ours: Unroutable if
+    the broker returned the message, Unavailable if it did not take it."""
+    try:
+        async with asyncio.timeout(timeout):
+            await exchange.publish(message, routing_key=routing_key, mandatory=True)
+    except DeliveryError as exc:
+        if exc.frame is not None and hasattr(exc.frame, "reply_text"):
+            raise Unroutable(f"{what} was returned: {exc.frame.reply_text}") from exc
+        raise Unavailable(f"{what} was not confirmed by the broker") from exc
+    except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+        raise Unavailable(f"cannot publish {what}: {exc!r}") from exc
+    except asyncio.CancelledError as exc:
+        if _task_cancelling():
+            raise
+        # The channel closed under the publish (its node went away): the confirm's future was
+        # cancelled, not this task. Not taken: the caller keeps the message for later.
+        raise Unavailable(f"the publish of {what} was cut off: the channel closed") from exc
 
 
 def _task_cancelling() -> bool:
