@@ -197,14 +197,5 @@ async def order_page(orders: Collection, party: Party, party_id: str, *, limit: 
     return Page(orders=found[:limit], next=Position(party=party, placed_at=last["placed_at"], order_id=last["_id"]))
 
 
-def page_limit(raw: str | None, *, default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> int:
-    """`limit` from the query string: a whole number from 1 to `maximum`, `default` when absent."""
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
-        raise InvalidInput(f"'limit' must be a whole number from 1 to {maximum}", field="limit", limit=raw)
-    return int(raw)
-
-
 __all__ = ["DEFAULT_LIMIT", "LISTS", "MAX_LIMIT", "Page", "Position", "fill_lists", "list_order", "list_writes",
-           "order_page", "page_limit"]
+           "order_page"]

@@ -28,9 +28,9 @@ from core.http.responses import (
     Ready,
     Timeline,
 )
-from core.http.routes import Body, Call, QueryParam, Route
+from core.http.routes import Body, Call, QueryParam, Route, page_limit
 from core.messages import Money, PlaceOrder, asyncapi_document, new_id
-from core.order_pages import DEFAULT_LIMIT, MAX_LIMIT, Position, order_page, page_limit
+from core.order_pages import DEFAULT_LIMIT, MAX_LIMIT, Position, order_page
 from core.orders import COLLECTION as ORDERS
 from core.orders import public_view
 from core.settings import Duration
@@ -150,7 +150,7 @@ async def list_orders(call: Call) -> dict[str, Any]:
     role = query.get("as", "buyer")
     if role not in ("buyer", "seller"):
         raise InvalidInput("'as' must be buyer or seller", field="as")
-    limit = page_limit(query.get("limit"))
+    limit = page_limit(query.get("limit"), default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
     after = Position.of_cursor(query["cursor"], role) if "cursor" in query else None
     page = await order_page(call.services.store.collection(ORDERS), role, call.actor(role).id, limit=limit,
                             after=after)

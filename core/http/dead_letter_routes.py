@@ -18,8 +18,7 @@ from core.dead_letters import (
     ReplayResult,
 )
 from core.errors import Unavailable
-from core.http.routes import Body, Call, QueryParam, Route
-from core.order_pages import page_limit
+from core.http.routes import Body, Call, QueryParam, Route, page_limit
 
 ADMIN = frozenset({"admin"})
 Id = Annotated[str, Field(min_length=1, max_length=200)]

@@ -139,3 +139,12 @@ def validate_body(model: type[BaseModel], raw: bytes) -> BaseModel:
         raise InvalidInput(
             "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors
         ) from None
+
+
+def page_limit(raw: str | None, *, default: int, maximum: int) -> int:
+    """A `limit` query parameter: a whole number from 1 to `maximum`, `default` when absent."""
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
+        raise InvalidInput(f"'limit' must be a whole number from 1 to {maximum}", field="limit", limit=raw)
+    return int(raw)
