@@ -89,3 +89,44 @@ async def test_a_graceful_stop_keeps_everything_and_the_file_reopens(tmp_path: P
     finally:
         await client.close()
         await server.kill()
+
+
+async def test_a_filter_naming_the_id_and_other_fields_matches_all_of_them(tmp_path: Path) -> None:
+    """Guarded writes (`{_id, _version}`) go through the `_id` index and still
+    check every field of the filter, also after the file is reopened."""
+    server = EmbeddedStore(tmp_path / "store.mv.db")
+    await server.start()
+    client = await _client(server)
+    try:
+        docs = client.db.docs
+        await docs.insert_many([{"_id": f"o{i}", "_version": 1, "state": "placed"} for i in range(50)])
+        assert await docs.find_one({"_id": "o7", "_version": 2}) is None
+        assert await docs.find_one({"_id": "o7", "_version": 1, "state": "placed"}) == {
+            "_id": "o7", "_version": 1, "state": "placed"}
+        lost = await docs.update_one({"_id": "o7", "_version": 0}, {"$set": {"state": "late"}})
+        won = await docs.update_one({"_id": "o7", "_version": 1}, {"$set": {"state": "late"}, "$inc": {"_version": 1}})
+        assert (lost.matched_count, won.modified_count) == (0, 1)
+        assert await docs.count_documents({"state": "late"}) == 1
+        found = await docs.find({"_id": {"$in": ["o1", "o2", "o7", "none"]}, "_version": 1}).to_list()
+        assert sorted(d["_id"] for d in found) == ["o1", "o2"]
+        gone = await docs.find_one_and_update({"_id": "o7", "state": "placed"}, {"$set": {"x": 1}})
+        assert gone is None
+        assert (await docs.delete_one({"_id": "o3", "_version": 9})).deleted_count == 0
+        assert (await docs.delete_one({"_id": "o3", "_version": 1})).deleted_count == 1
+        upserted = await docs.update_one({"_id": "o99", "_version": 0}, {"$set": {"state": "placed"}}, upsert=True)
+        assert upserted.upserted_id == "o99"
+    finally:
+        await client.close()
+    assert await server.stop() in (0, 143)
+
+    await server.start()
+    client = await _client(server)
+    try:
+        docs = client.db.docs
+        assert await docs.find_one({"_id": "o7", "_version": 2}, {"state": 1}) == {"_id": "o7", "state": "late"}
+        assert await docs.find_one({"_id": "o7", "_version": 1}) is None
+        assert await docs.find_one({"_id": "o3", "_version": 1}) is None
+        assert await docs.count_documents({}) == 50
+    finally:
+        await client.close()
+        await server.kill()

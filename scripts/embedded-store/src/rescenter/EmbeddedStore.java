@@ -1,9 +1,17 @@
 package rescenter;
 
 import de.bwaldvogel.mongo.MongoBackend;
+import de.bwaldvogel.mongo.MongoCollection;
+import de.bwaldvogel.mongo.MongoDatabase;
 import de.bwaldvogel.mongo.MongoServer;
 import de.bwaldvogel.mongo.MongoVersion;
+import de.bwaldvogel.mongo.backend.CollectionOptions;
+import de.bwaldvogel.mongo.backend.CursorRegistry;
+import de.bwaldvogel.mongo.backend.Index;
+import de.bwaldvogel.mongo.backend.QueryResult;
 import de.bwaldvogel.mongo.backend.h2.H2Backend;
+import de.bwaldvogel.mongo.backend.h2.H2Collection;
+import de.bwaldvogel.mongo.backend.h2.H2Database;
 import de.bwaldvogel.mongo.bson.Document;
 import de.bwaldvogel.mongo.wire.message.MongoMessage;
 import java.lang.reflect.InvocationHandler;
@@ -13,6 +21,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
 import java.util.Set;
+import org.h2.mvstore.MVMap;
 import org.h2.mvstore.MVStore;
 
 /**
@@ -31,6 +40,13 @@ import org.h2.mvstore.MVStore;
  * file to disk before answering (survives a power loss, costs a disk flush per
  * write); {@code background} keeps the library's one-second commit (measurements
  * only). A graceful stop (SIGTERM, SIGINT) commits and closes the file.
+ *
+ * <p>Reads by key. The library answers a filter through an index only when the
+ * filter names exactly that index's fields: {@code {_id: x}} is a lookup, but
+ * {@code {_id: x, _version: 3}} (every guarded write of the service) reads the
+ * whole collection. {@link KeyedBackend} looks such a filter's document up by
+ * {@code _id} first and matches the whole filter against it alone, as MongoDB
+ * does with its {@code _id} index.
  */
 public final class EmbeddedStore {
 
@@ -76,7 +92,7 @@ public final class EmbeddedStore {
         Files.createDirectories(file.getParent());
 
         MVStore store = new MVStore.Builder().fileName(file.toString()).open();
-        H2Backend h2 = new H2Backend(store);
+        H2Backend h2 = new KeyedBackend(store);
         h2.version(MONGO_5_0);
         MongoBackend backend = durability.equals("background") ? h2 : committing(h2, store, durability.equals("fsync"));
 
@@ -136,6 +152,71 @@ public final class EmbeddedStore {
                 return ""; // legacy OP_QUERY (not sent by current drivers): commit to be safe
             default:
                 return null;
+        }
+    }
+
+    /**
+     * The H2 backend, with collections that answer a filter naming {@code _id}
+     * and other fields from the {@code _id} index ({@link KeyedCollection}).
+     */
+    static final class KeyedBackend extends H2Backend {
+
+        KeyedBackend(MVStore store) {
+            super(store);
+        }
+
+        @Override
+        protected MongoDatabase openOrCreateDatabase(String databaseName) {
+            return new KeyedDatabase(databaseName);
+        }
+
+        /** Opens collections as {@link H2Database} does, as {@link KeyedCollection}s. */
+        final class KeyedDatabase extends H2Database {
+
+            KeyedDatabase(String databaseName) {
+                super(databaseName, getMvStore(), getCursorRegistry());
+            }
+
+            @Override
+            protected MongoCollection<Object> openOrCreateCollection(String collectionName, CollectionOptions options) {
+                String namespace = getFullCollectionNamespace(collectionName);
+                MVStore store = getMvStore();
+                MVMap<Object, Document> data = store.openMap("databases." + namespace);
+                MVMap<String, Object> meta = store.openMap("meta." + namespace);
+                return new KeyedCollection(this, collectionName, options, data, meta, cursorRegistry);
+            }
+        }
+    }
+
+    /**
+     * A collection whose filters that name {@code _id} among other fields read
+     * the candidate document through the {@code _id} index, then match the whole
+     * filter against it; any other filter goes the library's way.
+     */
+    static final class KeyedCollection extends H2Collection {
+
+        KeyedCollection(MongoDatabase database, String collectionName, CollectionOptions options,
+                        MVMap<Object, Document> data, MVMap<String, Object> meta, CursorRegistry cursors) {
+            super(database, collectionName, options, data, meta, cursors);
+        }
+
+        @Override
+        protected QueryResult queryDocuments(Document query, Document orderBy, int numberToSkip, int limit,
+                                             int batchSize, Document fieldSelector) {
+            if (query.size() > 1 && query.containsKey("_id")) {
+                Document byId = new Document("_id", query.get("_id"));
+                List<Index<Object>> indexes = getIndexes();
+                if (indexes.stream().noneMatch(index -> index.canHandle(query))) {
+                    for (Index<Object> index : indexes) {
+                        if (index.canHandle(byId)) {
+                            Iterable<Object> candidates = index.getPositions(byId);
+                            return matchDocuments(query, candidates, orderBy, numberToSkip, limit, batchSize,
+                                    fieldSelector);
+                        }
+                    }
+                }
+            }
+            return super.queryDocuments(query, orderBy, numberToSkip, limit, batchSize, fieldSelector);
         }
     }
 }
