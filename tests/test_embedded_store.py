@@ -96,37 +96,79 @@ async def test_a_filter_naming_the_id_and_other_fields_matches_all_of_them(tmp_p
     check every field of the filter, also after the file is reopened."""
     server = EmbeddedStore(tmp_path / "store.mv.db")
     await server.start()
-    client = await _client(server)
     try:
-        docs = client.db.docs
-        await docs.insert_many([{"_id": f"o{i}", "_version": 1, "state": "placed"} for i in range(50)])
-        assert await docs.find_one({"_id": "o7", "_version": 2}) is None
-        assert await docs.find_one({"_id": "o7", "_version": 1, "state": "placed"}) == {
-            "_id": "o7", "_version": 1, "state": "placed"}
-        lost = await docs.update_one({"_id": "o7", "_version": 0}, {"$set": {"state": "late"}})
-        won = await docs.update_one({"_id": "o7", "_version": 1}, {"$set": {"state": "late"}, "$inc": {"_version": 1}})
-        assert (lost.matched_count, won.modified_count) == (0, 1)
-        assert await docs.count_documents({"state": "late"}) == 1
-        found = await docs.find({"_id": {"$in": ["o1", "o2", "o7", "none"]}, "_version": 1}).to_list()
-        assert sorted(d["_id"] for d in found) == ["o1", "o2"]
-        gone = await docs.find_one_and_update({"_id": "o7", "state": "placed"}, {"$set": {"x": 1}})
-        assert gone is None
-        assert (await docs.delete_one({"_id": "o3", "_version": 9})).deleted_count == 0
-        assert (await docs.delete_one({"_id": "o3", "_version": 1})).deleted_count == 1
-        upserted = await docs.update_one({"_id": "o99", "_version": 0}, {"$set": {"state": "placed"}}, upsert=True)
-        assert upserted.upserted_id == "o99"
-    finally:
-        await client.close()
-    assert await server.stop() in (0, 143)
+        client = await _client(server)
+        try:
+            docs = client.db.docs
+            await docs.insert_many([{"_id": f"o{i}", "_version": 1, "state": "placed"} for i in range(50)])
+            assert await docs.find_one({"_id": "o7", "_version": 2}) is None
+            assert await docs.find_one({"_id": "o7", "_version": 1, "state": "placed"}) == {
+                "_id": "o7", "_version": 1, "state": "placed"}
+            lost = await docs.update_one({"_id": "o7", "_version": 0}, {"$set": {"state": "late"}})
+            won = await docs.update_one({"_id": "o7", "_version": 1}, {"$set": {"state": "late"}, "$inc": {"_version": 1}})
+            assert (lost.matched_count, won.modified_count) == (0, 1)
+            assert await docs.count_documents({"state": "late"}) == 1
+            found = await docs.find({"_id": {"$in": ["o1", "o2", "o7", "none"]}, "_version": 1}).to_list()
+            assert sorted(d["_id"] for d in found) == ["o1", "o2"]
+            gone = await docs.find_one_and_update({"_id": "o7", "state": "placed"}, {"$set": {"x": 1}})
+            assert gone is None
+            assert (await docs.delete_one({"_id": "o3", "_version": 9})).deleted_count == 0
+            assert (await docs.delete_one({"_id": "o3", "_version": 1})).deleted_count == 1
+            upserted = await docs.update_one({"_id": "o99", "_version": 0}, {"$set": {"state": "placed"}}, upsert=True)
+            assert upserted.upserted_id == "o99"
+        finally:
+            await client.close()
+        assert await server.stop() in (0, 143)
 
-    await server.start()
-    client = await _client(server)
-    try:
-        docs = client.db.docs
-        assert await docs.find_one({"_id": "o7", "_version": 2}, {"state": 1}) == {"_id": "o7", "state": "late"}
-        assert await docs.find_one({"_id": "o7", "_version": 1}) is None
-        assert await docs.find_one({"_id": "o3", "_version": 1}) is None
-        assert await docs.count_documents({}) == 50
+        await server.start()
+        client = await _client(server)
+        try:
+            docs = client.db.docs
+            assert await docs.find_one({"_id": "o7", "_version": 2}, {"state": 1}) == {"_id": "o7", "state": "late"}
+            assert await docs.find_one({"_id": "o7", "_version": 1}) is None
+            assert await docs.find_one({"_id": "o3", "_version": 1}) is None
+            assert await docs.count_documents({}) == 50
+        finally:
+            await client.close()
     finally:
-        await client.close()
-        await server.kill()
+        if server.process is not None:
+            await server.kill()
+
+
+async def test_documents_updated_in_place_while_commits_run_keep_every_acknowledged_change(tmp_path: Path) -> None:
+    """The server updates a stored document in place while commits write the
+    pages that hold it: writes and commits must not overlap (no failed write,
+    no half-written document after a restart)."""
+    server = EmbeddedStore(tmp_path / "store.mv.db")
+    writers, rounds, ids = 6, 150, [f"d{i}" for i in range(8)]
+    await server.start()
+    try:
+        client = await _client(server)
+        try:
+            docs = client.db.docs
+            await docs.insert_many([{"_id": i, "body": "x" * 2000} for i in ids])
+
+            async def writer(w: int) -> None:
+                for r in range(rounds):
+                    target = ids[(w + r) % len(ids)]
+                    await docs.update_one(
+                        {"_id": target},
+                        {"$set": {f"w{w}": r, f"w{w}_items": list(range(r % 40))}, "$unset": {f"w{w}_old": ""}},
+                    )
+                    await docs.update_one({"_id": target}, {"$set": {f"w{w}_old": r}})
+
+            await asyncio.gather(*(writer(w) for w in range(writers)))
+            expected = {d["_id"]: d async for d in docs.find()}
+        finally:
+            await client.close()
+        assert await server.stop() in (0, 143)
+
+        await server.start()
+        client = await _client(server)
+        try:
+            assert {d["_id"]: d async for d in client.db.docs.find()} == expected
+        finally:
+            await client.close()
+    finally:
+        if server.process is not None:
+            await server.kill()

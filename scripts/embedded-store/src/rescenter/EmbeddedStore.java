@@ -13,16 +13,25 @@ import de.bwaldvogel.mongo.backend.h2.H2Backend;
 import de.bwaldvogel.mongo.backend.h2.H2Collection;
 import de.bwaldvogel.mongo.backend.h2.H2Database;
 import de.bwaldvogel.mongo.bson.Document;
+import de.bwaldvogel.mongo.wire.bson.BsonDecoder;
+import de.bwaldvogel.mongo.wire.bson.BsonEncoder;
+import io.netty.buffer.ByteBuf;
+import io.netty.buffer.Unpooled;
 import de.bwaldvogel.mongo.wire.message.MongoMessage;
 import java.lang.reflect.InvocationHandler;
 import java.lang.reflect.InvocationTargetException;
 import java.lang.reflect.Proxy;
+import java.nio.ByteBuffer;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
 import java.util.Set;
+import java.util.concurrent.locks.ReentrantReadWriteLock;
+import org.h2.mvstore.DataUtils;
 import org.h2.mvstore.MVMap;
 import org.h2.mvstore.MVStore;
+import org.h2.mvstore.WriteBuffer;
+import org.h2.mvstore.type.ObjectDataType;
 
 /**
  * rescenter's embedded MongoDB-wire server: mongo-java-server on an H2 MVStore
@@ -38,7 +47,7 @@ import org.h2.mvstore.MVStore;
  * Concurrent writers share commits: a writer whose change an earlier commit
  * already carried finds nothing left to write. {@code fsync} also forces the
  * file to disk before answering (survives a power loss, costs a disk flush per
- * write); {@code background} keeps the library's one-second commit (measurements
+ * write); {@code background} commits once a second (measurements
  * only). A graceful stop (SIGTERM, SIGINT) commits and closes the file.
  *
  * <p>Reads by key. The library answers a filter through an index only when the
@@ -47,6 +56,13 @@ import org.h2.mvstore.MVStore;
  * whole collection. {@link KeyedBackend} looks such a filter's document up by
  * {@code _id} first and matches the whole filter against it alone, as MongoDB
  * does with its {@code _id} index.
+ *
+ * <p>Documents on disk. The library stores each document with Java
+ * serialization (a new object stream, class descriptors and reflection for
+ * every document of every page written or read): under the service's load that
+ * was a third of this server's CPU. {@link DocumentType} writes them as BSON;
+ * documents already in a file in the old form are still read, and rewritten as
+ * BSON when their page is next written.
  */
 public final class EmbeddedStore {
 
@@ -91,10 +107,13 @@ public final class EmbeddedStore {
         }
         Files.createDirectories(file.getParent());
 
-        MVStore store = new MVStore.Builder().fileName(file.toString()).open();
+        // No commit of the library's own (background thread, or on memory
+        // pressure inside a write): every commit and compaction runs under the
+        // lock of committing(), never beside a write.
+        MVStore store = new MVStore.Builder().fileName(file.toString()).autoCommitDisabled().open();
         H2Backend h2 = new KeyedBackend(store);
         h2.version(MONGO_5_0);
-        MongoBackend backend = durability.equals("background") ? h2 : committing(h2, store, durability.equals("fsync"));
+        MongoBackend backend = committing(h2, store, durability);
 
         MongoServer server = new MongoServer(backend);
         server.bind(host, port);
@@ -113,30 +132,88 @@ public final class EmbeddedStore {
      * that may have written, before its answer is sent: the server encodes and
      * writes the answer only once the backend call returns.
      *
-     * <p>{@code MVStore.commit()} takes the store's lock, so a writer whose
-     * change another thread is storing at that moment waits until that store
-     * has reached the file, then finds nothing left of its own to write: one
-     * file write serves every writer that arrived during the previous one.
+     * <p>Writes and commits exclude each other. The library updates a stored
+     * document in place, while a commit serializes the pages that hold it:
+     * without the lock a commit could write half an update (or, with BSON,
+     * fail on the map changing under it). Writes share the read side of one
+     * lock (the library already orders writes to a collection); a commit, and
+     * the once-a-second upkeep (the commit of the {@code background} mode, the
+     * compaction of partly used chunks), takes the write side.
+     *
+     * <p>{@code MVStore.commit()} stores whatever changed since the last one: a
+     * writer whose change another commit already carried finds nothing left to
+     * write, so one file write serves every writer that arrived during the
+     * previous one.
      */
-    static MongoBackend committing(H2Backend h2, MVStore store, boolean fsync) {
+    static MongoBackend committing(H2Backend h2, MVStore store, String durability) {
+        ReentrantReadWriteLock lock = new ReentrantReadWriteLock();
+        boolean perWrite = !durability.equals("background");
+        boolean fsync = durability.equals("fsync");
         InvocationHandler handler = (proxy, method, args) -> {
             String command = commandOf(method.getName(), args);
+            boolean writes = command != null && !READ_ONLY.contains(command);
+            if (writes) {
+                lock.readLock().lock();
+            }
             try {
                 Object result = method.invoke(h2, args);
                 return method.getName().equals("version") ? proxy : result;
             } catch (InvocationTargetException e) {
                 throw e.getCause(); // a failed batch may have written part of itself: committed below
             } finally {
-                if (command != null && !READ_ONLY.contains(command)) {
-                    store.commit();
-                    if (fsync) {
-                        store.sync();
+                if (writes) {
+                    lock.readLock().unlock();
+                    if (perWrite) {
+                        commit(store, lock, fsync);
                     }
                 }
             }
         };
+        Thread upkeep = new Thread(() -> {
+            while (!store.isClosed()) {
+                try {
+                    Thread.sleep(1000);
+                    lock.writeLock().lock();
+                    try {
+                        if (store.isClosed()) {
+                            return;
+                        }
+                        if (store.hasUnsavedChanges()) {
+                            store.commit();
+                        }
+                        store.compact(COMPACT_BELOW_FILL_RATE, COMPACT_BYTES_PER_SECOND);
+                    } finally {
+                        lock.writeLock().unlock();
+                    }
+                } catch (InterruptedException e) {
+                    return;
+                } catch (RuntimeException e) {
+                    System.err.println("embedded store: upkeep failed: " + e);
+                }
+            }
+        }, "embedded-store-upkeep");
+        upkeep.setDaemon(true);
+        upkeep.start();
         return (MongoBackend) Proxy.newProxyInstance(
                 MongoBackend.class.getClassLoader(), new Class<?>[] {MongoBackend.class}, handler);
+    }
+
+    /** Chunks less full than this are rewritten by the upkeep, as the library's own housekeeping would. */
+    static final int COMPACT_BELOW_FILL_RATE = 90;
+
+    /** At most this much rewritten per upkeep round, so writers wait at most for that. */
+    static final int COMPACT_BYTES_PER_SECOND = 1 << 20;
+
+    static void commit(MVStore store, ReentrantReadWriteLock lock, boolean fsync) {
+        lock.writeLock().lock();
+        try {
+            store.commit();
+            if (fsync) {
+                store.sync();
+            }
+        } finally {
+            lock.writeLock().unlock();
+        }
     }
 
     /** The command a backend call runs for a client, or null for calls that are not requests. */
@@ -181,7 +258,8 @@ public final class EmbeddedStore {
             protected MongoCollection<Object> openOrCreateCollection(String collectionName, CollectionOptions options) {
                 String namespace = getFullCollectionNamespace(collectionName);
                 MVStore store = getMvStore();
-                MVMap<Object, Document> data = store.openMap("databases." + namespace);
+                MVMap<Object, Document> data = store.openMap("databases." + namespace,
+                        new MVMap.Builder<Object, Document>().valueType(new DocumentType()));
                 MVMap<String, Object> meta = store.openMap("meta." + namespace);
                 return new KeyedCollection(this, collectionName, options, data, meta, cursorRegistry);
             }
@@ -195,9 +273,42 @@ public final class EmbeddedStore {
      */
     static final class KeyedCollection extends H2Collection {
 
+        private final MVMap<Object, Document> data;
+
         KeyedCollection(MongoDatabase database, String collectionName, CollectionOptions options,
                         MVMap<Object, Document> data, MVMap<String, Object> meta, CursorRegistry cursors) {
             super(database, collectionName, options, data, meta, cursors);
+            this.data = data;
+        }
+
+        /**
+         * The library keeps a running data size: it BSON-encodes the old and the
+         * new document of every write and stores the sum, a fifth of this
+         * server's CPU under the service's load. The size is computed instead
+         * when asked ({@code collStats}, {@code dbStats}), which is rare.
+         */
+        @Override
+        protected boolean tracksDataSize() {
+            return false;
+        }
+
+        @Override
+        protected int getDataSize() {
+            if (data == null) { // asked by the library's constructor, before this one ran
+                return super.getDataSize();
+            }
+            long size = 0;
+            ByteBuf buffer = Unpooled.buffer();
+            try {
+                for (Document document : data.values()) {
+                    buffer.clear();
+                    BsonEncoder.encodeDocument(document, buffer);
+                    size += buffer.writerIndex();
+                }
+            } finally {
+                buffer.release();
+            }
+            return (int) Math.min(size, Integer.MAX_VALUE);
         }
 
         @Override
@@ -217,6 +328,58 @@ public final class EmbeddedStore {
                 }
             }
             return super.queryDocuments(query, orderBy, numberToSkip, limit, batchSize, fieldSelector);
+        }
+    }
+
+    /**
+     * The data maps' value type: documents as BSON behind a tag of their own,
+     * anything else (and every value already stored) as {@link ObjectDataType}
+     * writes and reads it. The tag is one that type never writes (it uses 0 to
+     * 119).
+     */
+    static final class DocumentType extends ObjectDataType {
+
+        static final byte TAG_BSON = 127;
+
+        /** Running average of the BSON size, for the store's page and cache accounting. */
+        private volatile int averageSize = 1024;
+
+        @Override
+        public void write(WriteBuffer buffer, Object value) {
+            if (!(value instanceof Document)) {
+                super.write(buffer, value);
+                return;
+            }
+            ByteBuf bson = Unpooled.buffer();
+            try {
+                BsonEncoder.encodeDocument((Document) value, bson);
+                int size = bson.readableBytes();
+                buffer.put(TAG_BSON).putVarInt(size).put(bson.array(), bson.arrayOffset() + bson.readerIndex(), size);
+                averageSize = (averageSize * 15 + size) / 16;
+            } finally {
+                bson.release();
+            }
+        }
+
+        @Override
+        public Object read(ByteBuffer buffer) {
+            if (buffer.get(buffer.position()) != TAG_BSON) {
+                return super.read(buffer);
+            }
+            buffer.get();
+            byte[] bson = new byte[DataUtils.readVarInt(buffer)];
+            buffer.get(bson);
+            ByteBuf wrapped = Unpooled.wrappedBuffer(bson);
+            try {
+                return BsonDecoder.decodeBson(wrapped);
+            } finally {
+                wrapped.release();
+            }
+        }
+
+        @Override
+        public int getMemory(Object value) {
+            return value instanceof Document ? 2 * averageSize : super.getMemory(value);
         }
     }
 }
