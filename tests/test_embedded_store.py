@@ -24,6 +24,13 @@ async def _client(server: EmbeddedStore) -> AsyncMongoClient[dict[str, Any]]:
     return AsyncMongoClient(server.url, serverSelectionTimeoutMS=10000)
 
 
+async def _restarted(server: EmbeddedStore) -> AsyncMongoClient[dict[str, Any]]:
+    """Stop the server gracefully (it commits and closes its file), start it on the same file."""
+    assert await server.stop() in (0, 143)  # exits on SIGTERM after committing
+    await server.start()
+    return await _client(server)
+
+
 @pytest.mark.parametrize("durability", ["commit", "fsync"])
 async def test_every_acknowledged_write_survives_a_kill_9_of_the_server(tmp_path: Path, durability: str) -> None:
     server = EmbeddedStore(tmp_path / "store.mv.db", durability=durability)
@@ -118,10 +125,7 @@ async def test_a_filter_naming_the_id_and_other_fields_matches_all_of_them(tmp_p
             assert upserted.upserted_id == "o99"
         finally:
             await client.close()
-        assert await server.stop() in (0, 143)
-
-        await server.start()
-        client = await _client(server)
+        client = await _restarted(server)
         try:
             docs = client.db.docs
             assert await docs.find_one({"_id": "o7", "_version": 2}, {"state": 1}) == {"_id": "o7", "state": "late"}
@@ -161,10 +165,7 @@ async def test_documents_updated_in_place_while_commits_run_keep_every_acknowled
             expected = {d["_id"]: d async for d in docs.find()}
         finally:
             await client.close()
-        assert await server.stop() in (0, 143)
-
-        await server.start()
-        client = await _client(server)
+        client = await _restarted(server)
         try:
             assert {d["_id"]: d async for d in client.db.docs.find()} == expected
         finally:
