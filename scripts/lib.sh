@@ -10,7 +10,7 @@ export RABBITMQ_URL="${RABBITMQ_URL:-amqp://guest:guest@127.0.0.1:5672/}"
 export MONGODB_URL="${MONGODB_URL:-mongodb://127.0.0.1:27017/}"
 # The embedded store's JVM: a bounded heap (its data lives in the H2 file, with
 # a page cache inside this heap) and the serial collector, which suits 2 cores.
-export EMBEDDED_STORE_JAVA_OPTS="${EMBEDDED_STORE_JAVA_OPTS:--Xms256m -Xmx384m -Xmn128m -XX:+UseSerialGC}"
+export EMBEDDED_STORE_JAVA_OPTS="${EMBEDDED_STORE_JAVA_OPTS:--Xms256m -Xmx512m -Xmn128m -XX:+UseSerialGC}"
 
 # Tools scripts/services generates (a rabbitmqctl aimed at its node) come
 # first, for the scripts and for the tests they run.

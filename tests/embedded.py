@@ -42,7 +42,9 @@ class EmbeddedStore:
         path = launcher()
         if path is None:
             raise RuntimeError(f"{LAUNCHER} is not on PATH; run scripts/install")
-        env = {**os.environ, "JAVA_OPTS": os.environ.get("EMBEDDED_STORE_JAVA_OPTS", "-Xmx256m")}
+        # scripts/lib.sh's options, without its up-front heap (these servers are short-lived)
+        opts = os.environ.get("EMBEDDED_STORE_JAVA_OPTS", "-Xmx512m -Xmn128m -XX:+UseSerialGC")
+        env = {**os.environ, "JAVA_OPTS": opts}
         with self.log.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
                 path, "127.0.0.1", str(self.port), str(self.data_file), self.durability,
