@@ -173,3 +173,60 @@ async def test_documents_updated_in_place_while_commits_run_keep_every_acknowled
     finally:
         if server.process is not None:
             await server.kill()
+
+
+async def test_queries_on_a_field_with_an_index_that_is_not_unique_find_exactly_the_matching_documents(
+    tmp_path: Path,
+) -> None:
+    """The server narrows such a query through the index (kept in memory, rebuilt
+    when the file is reopened), then checks the whole filter on each candidate."""
+    server = EmbeddedStore(tmp_path / "store.mv.db")
+    await server.start()
+    try:
+        client = await _client(server)
+        docs = client.db.docs
+        await docs.create_index([("due", 1)])
+        await docs.create_index([("state", 1), ("due", 1)])
+        stored = [
+            {"_id": i, "due": i % 10, "state": ["pending", "fired", "cancelled"][i % 3]} for i in range(60)
+        ] + [
+            {"_id": 100, "due": 4.0, "state": "pending"},          # a double equal to an int
+            {"_id": 101, "due": [3, 7], "state": "pending"},       # an array: each element counts
+            {"_id": 102, "state": "pending"},                      # no value
+            {"_id": 103, "due": None, "state": "pending"},
+            {"_id": 104, "due": "7", "state": "pending"},          # another type
+        ]
+        await docs.insert_many(stored)
+
+        async def ids(query: dict[str, Any]) -> list[int]:
+            return sorted([d["_id"] async for d in docs.find(query)])
+
+        async def check() -> None:
+            assert await ids({"due": 4}) == sorted([i for i in range(60) if i % 10 == 4] + [100])
+            assert await ids({"due": {"$in": [3, "7"]}}) == sorted([i for i in range(60) if i % 10 == 3] + [101, 104])
+            assert await ids({"due": {"$lte": 1}}) == [i for i in range(60) if i % 10 <= 1]
+            assert await ids({"due": {"$gt": 6, "$lt": 8}}) == sorted([i for i in range(60) if i % 10 == 7] + [101])
+            assert await ids({"state": "pending", "due": {"$lte": 2}}) == [
+                i for i in range(60) if i % 3 == 0 and i % 10 <= 2]
+            assert await ids({"due": None}) == [102, 103]
+            assert await ids({"due": {"$exists": False}}) == [102]
+
+        await check()
+        await docs.update_many({"due": 4}, {"$set": {"due": 40}})
+        await docs.update_many({"due": 40}, {"$set": {"due": 4}})
+        await docs.delete_one({"_id": 0})
+        await docs.insert_one({"_id": 0, "due": 0, "state": "pending"})
+        await check()
+        moved = await docs.update_one({"_id": 13, "due": 3}, {"$set": {"due": 99}})
+        assert moved.modified_count == 1
+        assert 13 not in await ids({"due": 3}) and await ids({"due": {"$gte": 99}}) == [13]
+        await docs.update_one({"_id": 13}, {"$set": {"due": 3}})
+        await client.close()
+
+        client = await _restarted(server)
+        docs = client.db.docs
+        await check()
+        await client.close()
+    finally:
+        if server.process is not None:
+            await server.kill()

@@ -8,11 +8,16 @@ import de.bwaldvogel.mongo.MongoVersion;
 import de.bwaldvogel.mongo.backend.CollectionOptions;
 import de.bwaldvogel.mongo.backend.CursorRegistry;
 import de.bwaldvogel.mongo.backend.Index;
+import de.bwaldvogel.mongo.backend.IndexKey;
+import de.bwaldvogel.mongo.backend.KeyValue;
+import de.bwaldvogel.mongo.backend.Missing;
 import de.bwaldvogel.mongo.backend.QueryResult;
+import de.bwaldvogel.mongo.backend.ValueComparator;
 import de.bwaldvogel.mongo.backend.h2.H2Backend;
 import de.bwaldvogel.mongo.backend.h2.H2Collection;
 import de.bwaldvogel.mongo.backend.h2.H2Database;
 import de.bwaldvogel.mongo.bson.Document;
+import de.bwaldvogel.mongo.bson.ObjectId;
 import de.bwaldvogel.mongo.wire.bson.BsonDecoder;
 import de.bwaldvogel.mongo.wire.bson.BsonEncoder;
 import io.netty.buffer.ByteBuf;
@@ -24,8 +29,17 @@ import java.lang.reflect.Proxy;
 import java.nio.ByteBuffer;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.time.Instant;
+import java.util.ArrayList;
+import java.util.Collection;
+import java.util.Date;
+import java.util.LinkedHashSet;
 import java.util.List;
+import java.util.Map;
+import java.util.NavigableMap;
 import java.util.Set;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.ConcurrentSkipListMap;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
 import org.h2.mvstore.DataUtils;
 import org.h2.mvstore.MVMap;
@@ -261,6 +275,13 @@ public final class EmbeddedStore {
                 super(databaseName, getMvStore(), getCursorRegistry());
             }
 
+            /** The library ignores indexes that are not unique; these are kept in memory. */
+            @Override
+            protected Index<Object> openOrCreateSecondaryIndex(String collectionName, String indexName,
+                                                               List<IndexKey> keys, boolean sparse) {
+                return new OrderedIndex(indexName, keys, sparse);
+            }
+
             @Override
             protected MongoCollection<Object> openOrCreateCollection(String collectionName, CollectionOptions options) {
                 String namespace = getFullCollectionNamespace(collectionName);
@@ -276,7 +297,8 @@ public final class EmbeddedStore {
     /**
      * A collection whose filters that name {@code _id} among other fields read
      * the candidate document through the {@code _id} index, then match the whole
-     * filter against it; any other filter goes the library's way.
+     * filter against it; any other filter goes the library's way (through an
+     * {@link OrderedIndex} when one can narrow it).
      */
     static final class KeyedCollection extends H2Collection {
 
@@ -323,14 +345,11 @@ public final class EmbeddedStore {
                                              int batchSize, Document fieldSelector) {
             if (query.size() > 1 && query.containsKey("_id")) {
                 Document byId = new Document("_id", query.get("_id"));
-                List<Index<Object>> indexes = getIndexes();
-                if (indexes.stream().noneMatch(index -> index.canHandle(query))) {
-                    for (Index<Object> index : indexes) {
-                        if (index.canHandle(byId)) {
-                            Iterable<Object> candidates = index.getPositions(byId);
-                            return matchDocuments(query, candidates, orderBy, numberToSkip, limit, batchSize,
-                                    fieldSelector);
-                        }
+                for (Index<Object> index : getIndexes()) {
+                    if (index.isUnique() && index.canHandle(byId)) {
+                        Iterable<Object> candidates = index.getPositions(byId);
+                        return matchDocuments(query, candidates, orderBy, numberToSkip, limit, batchSize,
+                                fieldSelector);
                     }
                 }
             }
@@ -389,6 +408,183 @@ public final class EmbeddedStore {
             // A decoded document (maps, entries, strings, boxed numbers) takes
             // about four times its BSON size on the heap.
             return value instanceof Document ? 4 * averageSize : super.getMemory(value);
+        }
+    }
+
+    /**
+     * An index that is not unique, kept in memory and built from the documents
+     * when the collection opens: the sorted values of its first field, each with
+     * the positions of the documents holding it. It narrows a filter that
+     * compares that field with a plain value ({@code $eq}, {@code $in},
+     * {@code $lt}, {@code $lte}, {@code $gt}, {@code $gte}) to a superset of the
+     * matching documents; the whole filter is then matched against each. Any
+     * other filter on the field (null, {@code $exists}, {@code $ne}, a regular
+     * expression, an array or a document) is not handled here: the collection
+     * is scanned, as without the index.
+     */
+    static final class OrderedIndex extends Index<Object> {
+
+        private static final Set<String> OPERATORS = Set.of("$eq", "$in", "$lt", "$lte", "$gt", "$gte");
+
+        private final String field;
+        private final ConcurrentSkipListMap<Object, Set<Object>> byValue =
+                new ConcurrentSkipListMap<>(ValueComparator.asc());
+        /** Each indexed document's values, to take them out again. */
+        private final Map<Object, List<Object>> valuesOf = new ConcurrentHashMap<>();
+        /** Documents whose values could not be read: candidates for every filter. */
+        private final Set<Object> unread = ConcurrentHashMap.newKeySet();
+
+        OrderedIndex(String name, List<IndexKey> keys, boolean sparse) {
+            super(name, keys, sparse);
+            this.field = keys.get(0).getKey();
+        }
+
+        private static boolean plain(Object value) {
+            return value instanceof String || value instanceof Number || value instanceof Boolean
+                    || value instanceof Instant || value instanceof Date || value instanceof ObjectId;
+        }
+
+        private List<Object> valuesIn(Document document) {
+            try {
+                List<Object> values = new ArrayList<>();
+                for (KeyValue key : getKeyValues(document)) {
+                    Object value = key.get(0);
+                    if (plain(value) && !values.contains(value)) {
+                        values.add(value);
+                    }
+                }
+                return values;
+            } catch (RuntimeException e) { // e.g. parallel arrays in a compound index
+                return null;
+            }
+        }
+
+        @Override
+        public synchronized void add(Document document, Object position, MongoCollection<Object> collection) {
+            List<Object> values = valuesIn(document);
+            if (values == null) {
+                unread.add(position);
+                return;
+            }
+            for (Object value : values) {
+                byValue.computeIfAbsent(value, v -> ConcurrentHashMap.newKeySet()).add(position);
+            }
+            valuesOf.put(position, values);
+        }
+
+        private void forget(Object position) {
+            unread.remove(position);
+            List<Object> values = valuesOf.remove(position);
+            if (values != null) {
+                for (Object value : values) {
+                    Set<Object> positions = byValue.get(value);
+                    if (positions != null) {
+                        positions.remove(position);
+                        if (positions.isEmpty()) {
+                            byValue.remove(value, positions);
+                        }
+                    }
+                }
+            }
+        }
+
+        @Override
+        public synchronized Object remove(Document document) {
+            Object position = document.get("_id"); // the H2 backend's position is the document's _id
+            forget(position);
+            return position;
+        }
+
+        @Override
+        public synchronized void updateInPlace(Document oldDocument, Document newDocument, Object position,
+                                               MongoCollection<Object> collection) {
+            forget(position);
+            add(newDocument, position, collection);
+        }
+
+        @Override
+        public boolean canHandle(Document query) {
+            Object condition = query.get(field);
+            if (plain(condition)) {
+                return true;
+            }
+            if (!(condition instanceof Document) || ((Document) condition).isEmpty()) {
+                return false;
+            }
+            for (Map.Entry<String, Object> entry : ((Document) condition).entrySet()) {
+                if (!OPERATORS.contains(entry.getKey())) {
+                    return false;
+                }
+                Object operand = entry.getValue();
+                boolean usable = entry.getKey().equals("$in")
+                        ? operand instanceof Collection && ((Collection<?>) operand).stream().allMatch(OrderedIndex::plain)
+                        : plain(operand);
+                if (!usable) {
+                    return false;
+                }
+            }
+            return true;
+        }
+
+        @Override
+        public synchronized Iterable<Object> getPositions(Document query) {
+            Object condition = query.get(field);
+            Set<Object> candidates = new LinkedHashSet<>(unread);
+            if (!(condition instanceof Document)) {
+                candidates.addAll(byValue.getOrDefault(condition, Set.of()));
+                return candidates;
+            }
+            Document operators = (Document) condition;
+            if (operators.containsKey("$eq") || operators.containsKey("$in")) {
+                Collection<?> values = operators.containsKey("$eq")
+                        ? List.of(operators.get("$eq")) : (Collection<?>) operators.get("$in");
+                for (Object value : values) {
+                    candidates.addAll(byValue.getOrDefault(value, Set.of()));
+                }
+                return candidates;
+            }
+            NavigableMap<Object, Set<Object>> range = byValue;
+            for (Map.Entry<String, Object> entry : operators.entrySet()) {
+                Object bound = entry.getValue();
+                switch (entry.getKey()) {
+                    case "$lt": range = range.headMap(bound, false); break;
+                    case "$lte": range = range.headMap(bound, true); break;
+                    case "$gt": range = range.tailMap(bound, false); break;
+                    default: range = range.tailMap(bound, true); break; // $gte
+                }
+            }
+            for (Set<Object> positions : range.values()) {
+                candidates.addAll(positions);
+            }
+            return candidates;
+        }
+
+        @Override
+        public Object getPosition(Document document) {
+            return null; // not unique: no single position for a document
+        }
+
+        @Override
+        public void checkAdd(Document document, MongoCollection<Object> collection) {}
+
+        @Override
+        public void checkUpdate(Document oldDocument, Document newDocument, MongoCollection<Object> collection) {}
+
+        @Override
+        public long getCount() {
+            return valuesOf.size() + unread.size();
+        }
+
+        @Override
+        public long getDataSize() {
+            return 0;
+        }
+
+        @Override
+        public synchronized void drop() {
+            byValue.clear();
+            valuesOf.clear();
+            unread.clear();
         }
     }
 }
