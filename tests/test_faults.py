@@ -34,7 +34,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -368,19 +368,28 @@ async def sigkill(proc: ServiceProcess) -> None:
     await proc.process.wait()
 
 
+@contextlib.asynccontextmanager
+async def streaming(h: Harness, members: tuple[str, ...]) -> AsyncIterator[Stream]:
+    """Another service's tap on the exchange and its command sender, started, as one Stream;
+    both closed (the tap's queue deleted) however the scenario ends."""
+    tap = Tap(members, h.settings.bus.exchange, f"{h.settings.bus.queue_prefix}.tap")
+    sender = Sender(members, h.settings.bus.exchange)
+    try:
+        await tap.start()
+        await sender.start()
+        yield Stream(h, sender, tap)
+    finally:
+        await sender.close()
+        await tap.close()
+
+
 # ---------------------------------------------------------------- an instance killed three times
 
 
 async def test_ORD_4_ORD_6_an_instance_killed_three_times_mid_stream_loses_and_doubles_nothing() -> None:
     async with Harness() as h:
         assert h.session is not None
-        members = (h.settings.bus.url,)
-        tap = Tap(members, h.settings.bus.exchange, f"{h.settings.bus.queue_prefix}.tap")
-        sender = Sender(members, h.settings.bus.exchange)
-        async with processes(h, 2) as (a, b):
-            await tap.start()
-            await sender.start()
-            stream = Stream(h, sender, tap)
+        async with processes(h, 2) as (a, b), streaming(h, (h.settings.bus.url,)) as stream:
             kills: list[int] = []  # lifecycles done at each kill: all three mid-stream
 
             async def kill_three_times() -> None:
@@ -391,14 +400,10 @@ async def test_ORD_4_ORD_6_an_instance_killed_three_times_mid_stream_loses_and_d
                     await b.start(h.session)
                     await asyncio.sleep(0.5)
 
-            try:
-                seconds = await stream.run(kill_three_times)
-                await stream.complete_the_rest(h.session, a.base)
-                counts = await stream.count("two instances, one SIGKILLed 3 times", seconds)
-                counts.notes.append(f"killed when {', '.join(map(str, kills))} lifecycles were done")
-            finally:
-                await sender.close()
-                await tap.close()
+            seconds = await stream.run(kill_three_times)
+            await stream.complete_the_rest(h.session, a.base)
+            counts = await stream.count("two instances, one SIGKILLed 3 times", seconds)
+            counts.notes.append(f"killed when {', '.join(map(str, kills))} lifecycles were done")
         assert len(kills) == 3 and all(done < LIFECYCLES for done in kills), kills
         check(counts)
 
@@ -447,13 +452,8 @@ async def test_ORD_4_ORD_6_a_broker_node_of_three_killed_mid_stream_loses_and_do
         # Instances start on different members; the one killed is the first instance's own.
         async with Harness(bus={"url": members[-1], "urls": list(members)}) as h:
             assert h.session is not None
-            tap = Tap(members[::-1], h.settings.bus.exchange, f"{h.settings.bus.queue_prefix}.tap")
-            sender = Sender(members[::-1], h.settings.bus.exchange)
             orders_of_members = [members, members[1:] + members[:1]]
-            async with processes(h, 2, orders_of_members) as (a, b):
-                await tap.start()
-                await sender.start()
-                stream = Stream(h, sender, tap)
+            async with processes(h, 2, orders_of_members) as (a, b), streaming(h, members[::-1]) as stream:
                 pid_file = ROOT / ".local" / "rabbitmq-cluster" / "node-1" / "rabbitmq.pid"
                 restarted: list[float] = []
 
@@ -472,15 +472,11 @@ async def test_ORD_4_ORD_6_a_broker_node_of_three_killed_mid_stream_loses_and_do
                     assert code == 0, output
                     restarted.append(time.monotonic() - started)
 
-                try:
-                    seconds = await stream.run(kill_a_node)
-                    await stream.complete_the_rest(h.session, b.base)
-                    counts = await stream.count("one RabbitMQ node of three SIGKILLed", seconds)
-                    counts.notes.append(f"node back after {restarted[0]:.0f} s; the instance that was on it "
-                                        f"handled {consumed_by_a[1] - consumed_by_a[0]:.0f} messages meanwhile")
-                finally:
-                    await sender.close()
-                    await tap.close()
+                seconds = await stream.run(kill_a_node)
+                await stream.complete_the_rest(h.session, b.base)
+                counts = await stream.count("one RabbitMQ node of three SIGKILLed", seconds)
+                counts.notes.append(f"node back after {restarted[0]:.0f} s; the instance that was on it "
+                                    f"handled {consumed_by_a[1] - consumed_by_a[0]:.0f} messages meanwhile")
             check(counts)
             assert consumed_by_a[1] > consumed_by_a[0], "the instance on the killed node did not move on"
 
@@ -496,13 +492,7 @@ async def test_ORD_4_ORD_6_the_store_stopped_for_10_s_loses_and_doubles_nothing_
     try:
         async with Harness(store={"url": store.url}) as h:
             assert h.session is not None
-            members = (h.settings.bus.url,)
-            tap = Tap(members, h.settings.bus.exchange, f"{h.settings.bus.queue_prefix}.tap")
-            sender = Sender(members, h.settings.bus.exchange)
-            async with processes(h, 2) as (a, b):
-                await tap.start()
-                await sender.start()
-                stream = Stream(h, sender, tap)
+            async with processes(h, 2) as (a, b), streaming(h, (h.settings.bus.url,)) as stream:
                 said: list[dict[str, Any]] = []
 
                 async def stop_the_store() -> None:
@@ -516,13 +506,9 @@ async def test_ORD_4_ORD_6_the_store_stopped_for_10_s_loses_and_doubles_nothing_
                         await asyncio.sleep(1.0)
                     await store.start()
 
-                try:
-                    seconds = await stream.run(stop_the_store)
-                    await stream.complete_the_rest(h.session, a.base)
-                    counts = await stream.count("the store stopped for 10 s", seconds)
-                finally:
-                    await sender.close()
-                    await tap.close()
+                seconds = await stream.run(stop_the_store)
+                await stream.complete_the_rest(h.session, a.base)
+                counts = await stream.count("the store stopped for 10 s", seconds)
             down = [s for s in said if s["status"] == 503]
             assert down, said
             assert all(s["checks"] == {"bus": True, "store": False} for s in down), down
