@@ -244,10 +244,11 @@ async def _what_if(settings: Settings, args: argparse.Namespace) -> int:
     from datetime import datetime
 
     from core.errors import InvalidInput
+    from core.http.app import json_default
     from core.metrics import Metrics
     from core.plugins import STATES, PluginRegistry
     from core.store import Store
-    from core.whatif import MAX_LIMIT, instant, parse_assignments, print_tables, replay, to_json, with_progress
+    from core.whatif import MAX_LIMIT, instant, parse_assignments, print_tables, replay, with_progress
 
     def refuse(message: str) -> int:
         print(f"rescenter policy what-if: {message}", file=sys.stderr)
@@ -282,7 +283,7 @@ async def _what_if(settings: Settings, args: argparse.Namespace) -> int:
         except InvalidInput as exc:
             return refuse(exc.detail)
         if args.json:
-            print(json.dumps(to_json(answer), indent=2))
+            print(json.dumps(answer, default=json_default, indent=2))  # as the HTTP route answers
         else:
             print_tables(answer, replays)
         return 0

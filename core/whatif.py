@@ -255,19 +255,6 @@ class WhatIfRoute:
 # ---------------------------------------------------------------- the command line
 
 
-def to_json(value: Any) -> Any:
-    """The answer as JSON values, as the HTTP route gives it."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, dict):
-        return {key: to_json(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_json(item) for item in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
-
-
 class _Bar:
     """A `rich` progress bar on stderr (stdout keeps the answer), shown on a terminal only."""
 
@@ -332,5 +319,5 @@ def instant(at: datetime | None, clock: Clock) -> datetime:
 
 
 __all__ = ["PolicyReplay", "ReplayRequest", "WhatIfRoute", "Progress", "ProgressTask", "SILENT", "Table", "replay",
-           "proposed_policy", "parse_assignments", "accepted_keys", "instant", "to_json", "print_tables",
+           "proposed_policy", "parse_assignments", "accepted_keys", "instant", "print_tables",
            "with_progress"]

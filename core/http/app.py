@@ -31,7 +31,8 @@ MAX_BODY: web.AppKey[int] = web.AppKey("max_body_bytes", int)
 IDEMPOTENCY: web.AppKey[IdempotencyKeys] = web.AppKey("idempotency", IdempotencyKeys)
 
 
-def _default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """`json.dumps`'s `default`: how every answer of the service turns its values into JSON."""
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, Decimal):
@@ -44,14 +45,14 @@ def _default(value: Any) -> Any:
 
 
 def json_response(payload: Any, status: int = 200, **kwargs: Any) -> web.Response:
-    return web.json_response(payload, status=status, dumps=lambda v: json.dumps(v, default=_default), **kwargs)
+    return web.json_response(payload, status=status, dumps=lambda v: json.dumps(v, default=json_default), **kwargs)
 
 
 def problem_response(problem: dict[str, Any], instance: str | None = None) -> web.Response:
     if instance:
         problem.setdefault("instance", instance)
     return web.Response(
-        text=json.dumps(problem, default=_default), status=problem["status"], content_type=PROBLEM_TYPE
+        text=json.dumps(problem, default=json_default), status=problem["status"], content_type=PROBLEM_TYPE
     )
 
 
@@ -222,4 +223,4 @@ def build_app(services: Any, routes: list[Route], idempotency: IdempotencyKeys |
     return app
 
 
-__all__ = ["build_app", "json_response", "problem_response", "ROUTES", "SERVICES"]
+__all__ = ["build_app", "json_default", "json_response", "problem_response", "ROUTES", "SERVICES"]
