@@ -25,8 +25,9 @@ write back entries that another instance published and cleared after the read.
 The sweeper takes only documents whose every lease ran out.
 
 Finding what a dead writer left needs a query on `_outbox_due`: an index lookup on
-MongoDB, but a scan of the whole collection on a store without secondary indexes
-(the embedded store), so the sweeper does not run it every few seconds. Each
+MongoDB (and on the embedded store, whose indexes are kept in memory), but a scan
+of every outbox collection on a store that ignores secondary indexes, so the
+sweeper does not run it every few seconds. Each
 instance's run keeps a record in `outbox_instances` (`alive_until`, renewed every
 `sweep_interval`) and remembers the documents whose flush failed (broker down):
 every `sweep_interval` it retries those by `_id` and looks for records of runs
