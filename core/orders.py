@@ -138,7 +138,10 @@ class OrderService:
 
     async def create_indexes(self) -> None:
         await self.collection.create_index([("seller_id", ASCENDING), ("placed_at", DESCENDING)])
-        await fill_lists(self.collection)  # once: orders stored before the lists existed
+
+    async def fill_lists(self) -> None:
+        """List the orders stored before the parties' lists existed (once per database)."""
+        await fill_lists(self.collection)
 
     # ------------------------------------------------------------ queries
 

@@ -111,6 +111,7 @@ class Service:
         self.idempotency = IdempotencyKeys(store, settings.idempotency)
         await asyncio.gather(scheduler.create_indexes(), orders.create_indexes(), outbox.create_indexes(),
                              self.idempotency.create_indexes())
+        await orders.fill_lists()
         for result in plugins.call_each("startup", services=services):
             await await_me_maybe(result.value)
 
