@@ -254,8 +254,10 @@ public final class EmbeddedStore {
     }
 
     /**
-     * The H2 backend, with collections that answer a filter naming {@code _id}
-     * and other fields from the {@code _id} index ({@link KeyedCollection}).
+     * The H2 backend, with {@link KeyedCollection}s (filters naming {@code _id}
+     * read through the {@code _id} index, no running data size), documents
+     * stored as BSON ({@link DocumentType}) and indexes that are not unique kept
+     * in memory ({@link OrderedIndex}).
      */
     static final class KeyedBackend extends H2Backend {
 
@@ -268,7 +270,7 @@ public final class EmbeddedStore {
             return new KeyedDatabase(databaseName);
         }
 
-        /** Opens collections as {@link H2Database} does, as {@link KeyedCollection}s. */
+        /** Opens collections as {@link H2Database} does, with the types above. */
         final class KeyedDatabase extends H2Database {
 
             KeyedDatabase(String databaseName) {
