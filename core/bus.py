@@ -36,7 +36,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -52,6 +51,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import ChannelPreconditionFailed, DeliveryError
 from yarl import URL
 
+from core.clock import utcnow
 from core.errors import RescenterError, Unavailable
 from core.locks import KeyedLocks
 from core.messages import REQUEST_ID, Actor, Catalogue, Envelope, MessageData, Queue, Topology
@@ -379,7 +379,7 @@ class Bus:
                 "x-rescenter-queue": self.queue_name(group.name),
                 "x-rescenter-routing-key": message.routing_key or "",
                 # A string: an AMQP table sends a float as 32 bits, which rounds today's epoch to minutes.
-                "x-rescenter-dead-at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "x-rescenter-dead-at": utcnow().isoformat(timespec="milliseconds"),
             }
         )
         # The dead letter is ours to publish: the sender is kept as a header, always set by us
