@@ -590,7 +590,6 @@ async def delete_topology(settings: BusSettings, groups: Iterable[str]) -> None:
                     await channel.exchange_delete(name)
 
 
-
 async def _publish_confirmed(exchange: Any, message: aio_pika.Message, routing_key: str, *, what: str,
                              timeout: float) -> None:
     """Publish (mandatory) and wait for the broker's confirm; any failure as ours: Unroutable if
@@ -617,5 +616,6 @@ def _task_cancelling() -> bool:
     only a future it awaited was (aiormq cancels the pending confirms of a channel that closes)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
 
 __all__ = ["Bus", "ClusterConnection", "Senders", "Subscription", "Unroutable", "broker_user", "delete_topology", "topology"]
