@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -54,7 +53,7 @@ from yarl import URL
 from core.clock import utcnow
 from core.errors import RescenterError, Unavailable
 from core.locks import KeyedLocks
-from core.messages import REQUEST_ID, Actor, Catalogue, Envelope, MessageData, Queue, Topology
+from core.messages import REQUEST_ID, Actor, Catalogue, Envelope, MessageData, Queue, Topology, topic_match
 from core.metrics import Metrics
 from core.settings import BusAuthorization, BusSettings
 from core.store import unreachable
@@ -110,14 +109,7 @@ class Subscription:
     handler: Handler
 
     def matches(self, type_: str) -> bool:
-        return any(_topic_match(pattern, type_) for pattern in self.types)
-
-
-def _topic_match(pattern: str, key: str) -> bool:
-    if "#" not in pattern and "*" not in pattern:
-        return pattern == key
-    regex = re.escape(pattern).replace(r"\#", ".*").replace(r"\*", "[^.]+")
-    return re.fullmatch(regex, key) is not None
+        return any(topic_match(pattern, type_) for pattern in self.types)
 
 
 def broker_user(url: str) -> str | None:
@@ -151,7 +143,7 @@ class Senders:
         sender = self.settings.users.get(user_id)
         if sender is None:
             return f"broker user {user_id!r} is not in bus.authorization.users"
-        if not any(_topic_match(pattern, type_) for pattern in sender.types):
+        if not any(topic_match(pattern, type_) for pattern in sender.types):
             return f"broker user {user_id!r} may not send {type_}"
         actor = getattr(data, "actor", None)
         if isinstance(actor, Actor) and actor.role not in sender.roles:

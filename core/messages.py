@@ -465,7 +465,7 @@ def asyncapi_document(catalogue: Catalogue, topology: Topology) -> dict[str, Any
         description = mt.summary + (f" Rules: {', '.join(mt.rules)}." if mt.rules else "")
         description += f" Owner: {mt.owner}."
         if mt.direction == "consume":
-            queues = [q.name for q in topology.queues if any(_topic_match(p, type_) for p in q.bindings)]
+            queues = [q.name for q in topology.queues if any(topic_match(p, type_) for p in q.bindings)]
             description += f" Consumed from: {', '.join(f'`{q}`' for q in queues) or 'no queue'}."
         if mt.answers:
             description += (f" Answer: {', '.join(f'`{a}`' for a in mt.answers)}. Dead-lettered (`rejected`) "
@@ -582,8 +582,10 @@ def _key(name: str) -> str:
     return name.replace(".", "_").replace("-", "_")
 
 
-def _topic_match(pattern: str, key: str) -> bool:
+def topic_match(pattern: str, key: str) -> bool:
     """AMQP topic matching: `*` one word, `#` zero or more."""
+    if "#" not in pattern and "*" not in pattern:
+        return pattern == key
     words, keys = pattern.split("."), key.split(".")
 
     def match(i: int, j: int) -> bool:
@@ -597,7 +599,7 @@ def _topic_match(pattern: str, key: str) -> bool:
 
 
 def _queue_channels(queue: Queue, catalogue: Catalogue, topology: Topology) -> dict[str, Any]:
-    arrives = [type_ for type_ in sorted(catalogue.types) if any(_topic_match(p, type_) for p in queue.bindings)]
+    arrives = [type_ for type_ in sorted(catalogue.types) if any(topic_match(p, type_) for p in queue.bindings)]
     bindings = ", ".join(f"`{pattern}`" for pattern in queue.bindings)
     queue_binding = {"name": queue.name, "durable": True, "exclusive": False, "autoDelete": False}
     return {

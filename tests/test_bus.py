@@ -11,8 +11,9 @@ from urllib.parse import urlparse
 
 import aio_pika
 import pytest
+from aio_pika.exceptions import DeliveryError
 
-from core.bus import Bus, Unroutable
+from core.bus import Bus, Subscription, Unroutable
 from core.clock import utcnow
 from core.messages import (
     Actor,
@@ -23,8 +24,10 @@ from core.messages import (
     PlaceOrder,
     SubmitRequirements,
     core_catalogue,
+    new_id,
 )
 from core.metrics import Metrics
+from core.settings import load_settings
 from tests import failing_plugin, outage_veto_plugin
 from tests.harness import ORDER, Harness
 from tests.support import consumed, eventually, header, problem, rabbitmqctl_candidates, rabbitmqctl_for, run
@@ -51,6 +54,38 @@ async def queue_depth(h: Harness, queue: str) -> int:
         channel = await connection.channel()
         declared = await channel.declare_queue(queue, passive=True)
         return declared.declaration_result.message_count or 0
+
+
+# ---------------------------------------------------------------- routing
+
+TOPICS = [("order.#", "order"), ("order.#", "order.placed"), ("order.#", "order.a.b"), ("order.#", "orders.x"),
+          ("order.*", "order"), ("order.*", "order.placed"), ("order.*", "order.a.b"), ("#", "any.thing"),
+          ("#.placed", "order.placed"), ("#.placed", "placed"), ("*.placed", "placed"),
+          ("order.placed", "order.placedx"), ("a.#.z", "a.z"), ("a.#.z", "a.b.c.z"), ("a.*.z", "a.z")]
+
+
+async def test_a_subscription_takes_exactly_what_the_broker_routes_to_its_queue() -> None:
+    """The bus finds a message's handler by the same topic patterns its queue is bound with:
+    a message the broker delivers must find its handler, and only then (`#` is zero or more
+    words, `*` exactly one)."""
+    connection = await aio_pika.connect(load_settings().bus.url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await channel.declare_exchange(f"test.topics.{new_id()}", aio_pika.ExchangeType.TOPIC)
+        try:
+            for pattern, key in TOPICS:
+                queue = await channel.declare_queue(exclusive=True)
+                await queue.bind(exchange, routing_key=pattern)
+                try:
+                    await exchange.publish(aio_pika.Message(b"{}"), routing_key=key, mandatory=True)
+                    routed = True
+                except DeliveryError:
+                    routed = False
+                subscription = Subscription(types=(pattern,), handler=lambda *_: None)  # type: ignore[arg-type]
+                assert subscription.matches(key) is routed, (pattern, key, routed)
+                await queue.delete(if_unused=False, if_empty=False)
+        finally:
+            await exchange.delete()
 
 
 # ---------------------------------------------------------------- redelivery
