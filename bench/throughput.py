@@ -67,7 +67,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.bus import delete_topology  # noqa: E402
-from core.messages import Actor, Envelope  # noqa: E402
+from core.messages import Actor, Envelope, topic_match  # noqa: E402
 from core.settings import BusSettings  # noqa: E402
 from tests.embedded import free_port  # noqa: E402
 
@@ -332,6 +332,7 @@ async def measure(url: str, mongo_url: str, instances: int, args: argparse.Names
     try:
         for port, process in zip(ports, processes, strict=True):
             await wait_ready(port, process)
+        queues = await documented_queues(ports[0], service.prefix)
         if args.preload:
             await preload_orders(ports[0], processes[0], mongo_url, service.database, args.preload)
         before = [(await counters(port))["rescenter_store_commands"] for port in ports]
@@ -354,6 +355,49 @@ async def measure(url: str, mongo_url: str, instances: int, args: argparse.Names
     result["round_trips"] = round_trip_report(_summed(before), _summed(after), result["messages"])
     result["prefix"] = service.prefix
     result["exchange"] = service.exchange
+    result["queues"] = queues
+    return result
+
+
+async def documented_queues(port: int, prefix: str) -> dict[str, list[str]]:
+    """The running service's consumer groups and their topic patterns, from its AsyncAPI
+    document (each queue channel's `x-bindings`)."""
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"http://127.0.0.1:{port}/asyncapi.json") as response:
+        document = await response.json()
+    return {channel["address"].removeprefix(f"{prefix}."): channel["x-bindings"]
+            for channel in document["channels"].values()
+            if channel["bindings"]["amqp"]["is"] == "queue" and channel.get("x-arguments", {}).get("x-dead-letter-exchange")}
+
+
+async def run_bus_alone(url: str, queues: dict[str, list[str]], args: argparse.Namespace) -> dict[str, Any]:
+    """The same load against bench/fanout.py: the service's queues, bindings and AMQP work per
+    command (consume, publish the event with a confirm, ack; every plugin queue consumed and
+    acked), without the store or the rules: the ceiling for the service on this machine."""
+    tag = uuid.uuid4().hex[:8]
+    exchange, prefix = f"bench.{tag}.events", f"bench.{tag}"
+    settings = BusSettings()
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "fanout.py"), "--url", url, "--exchange", exchange, "--prefix", prefix,
+         "--queues", json.dumps(queues), "--prefetch", str(settings.prefetch),
+         "--delivery-limit", str(settings.delivery_limit)],
+        cwd=ROOT, stdout=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), timeout=60)
+        if line.strip() != b"ready":
+            raise SystemExit(f"bench/fanout.py did not start (exit {process.poll()})")
+        cpu_before = cpu_seconds([process.pid])
+        result = await run_service_load(url, exchange, args.orders, args.window, args.rate)
+        cpu_after = cpu_seconds([process.pid])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        await delete_topology(BusSettings(url=url, exchange=exchange, queue_prefix=prefix), queues)
+    result["cpu"] = {k: (cpu_after[k] - cpu_before[k]) / result["seconds"] for k in cpu_after}
     return result
 
 
@@ -416,6 +460,7 @@ async def main() -> None:
         raw = await run_raw(url, raw_names.exchange, raw_names.queue_prefix, runs[-1]["messages"], args.window)
     finally:
         await delete_topology(raw_names, ())
+    bus = await run_bus_alone(url, runs[0]["queues"], args)
 
     mode = f"paced at {args.rate:g} commands/s" if args.rate else "unpaced"
     print(f"\n{args.orders} order lifecycles, {runs[0]['messages']} commands -> events, all plugins on, {mode}, "
@@ -430,14 +475,25 @@ async def main() -> None:
         print(f"{name:40}{row['per_second']:>10.0f}{row['p50_ms']:>10.1f}{row['p99_ms']:>10.1f}{row['seconds']:>10.1f}"
               f"   machine {cpu['machine']:.2f}: service {cpu['service']:.2f}, RabbitMQ {cpu['rabbitmq']:.2f}, "
               f"store {cpu['store']:.2f}")
+    print(f"{'bus alone (fanout.py: no store, no rules)':40}{bus['per_second']:>10.0f}{bus['p50_ms']:>10.1f}"
+          f"{bus['p99_ms']:>10.1f}{bus['seconds']:>10.1f}   machine {bus['cpu']['machine']:.2f}: "
+          f"fanout.py {bus['cpu']['service']:.2f}, RabbitMQ {bus['cpu']['rabbitmq']:.2f}")
     print(f"{'raw aio-pika (pub->ack)':40}{raw['per_second']:>10.0f}{raw['p50_ms']:>10.1f}{raw['p99_ms']:>10.1f}"
           f"{raw['seconds']:>10.1f}")
+    deliveries = sum(1 for command in COMMANDS for patterns in runs[0]["queues"].values()
+                     if any(topic_match(p, command) for p in patterns))
+    deliveries += sum(1 for event in EVENT_OF for patterns in runs[0]["queues"].values()
+                      if any(topic_match(p, event) for p in patterns)) + len(EVENT_OF)
+    print(f"per command: 2 publishes (the command, its event) and {deliveries / len(COMMANDS):.2f} deliveries "
+          f"(core, plugins, the bench's tap); raw: 1 and 1")
     if args.rate:
         print("ratio service/raw: not meaningful when paced (the service gets what the pace offers);"
               " read p50/p99")
     else:
+        print(f"ratio bus alone/raw: {bus['per_second'] / raw['per_second']:.3f} (the ceiling on this machine)")
         for row in runs:
-            print(f"ratio {label(row)}/raw: {row['per_second'] / raw['per_second']:.3f}")
+            print(f"ratio {label(row)}/raw: {row['per_second'] / raw['per_second']:.3f}; "
+                  f"{label(row)}/bus alone: {row['per_second'] / bus['per_second']:.3f}")
         if len(runs) > 1 and len(preloads) > 1:
             print(f"with {runs[-1]['preload']} orders stored / with {runs[0]['preload']}: "
                   f"{runs[-1]['per_second'] / runs[0]['per_second']:.2f}")
