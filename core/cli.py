@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -321,6 +322,11 @@ async def _run(settings: Settings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await service.start()
+    # What start-up made (modules, models, routes, plugins) lives as long as the process:
+    # frozen, it is out of the collector's reach, and a full collection walks only what
+    # requests and messages made since. A full collection over it took about 25 ms, which
+    # a request arriving meanwhile waited.
+    gc.freeze()
     print(f"rescenter listening on http://{settings.http.host}:{service.port}", file=sys.stderr)
     await stop.wait()
     await service.stop()
