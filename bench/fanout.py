@@ -41,7 +41,7 @@ async def serve(url: str, exchange_name: str, prefix: str, queues: dict[str, lis
     async with connection:
         publish_channel = await connection.channel(publisher_confirms=True)
         exchange = await publish_channel.declare_exchange(exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
-        declared: list[aio_pika.abc.AbstractQueue] = []
+        declared: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
         for group, patterns in queues.items():
             channel = await connection.channel(publisher_confirms=False)
             await channel.set_qos(prefetch_count=prefetch)
@@ -50,13 +50,13 @@ async def serve(url: str, exchange_name: str, prefix: str, queues: dict[str, lis
                 arguments={"x-queue-type": "quorum", "x-delivery-limit": delivery_limit})
             for pattern in patterns:
                 await queue.bind(exchange_name, routing_key=pattern)
-            declared.append(queue)
-            await queue.consume(on_command(exchange) if group == "core" else on_event)
+            declared.append((queue, await queue.consume(on_command(exchange) if group == "core" else on_event)))
         print("ready", flush=True)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
-        for queue in declared:
+        for queue, tag in declared:
+            await queue.cancel(tag)
             await queue.delete(if_unused=False, if_empty=False)
         await exchange.delete()
 

@@ -14,6 +14,16 @@ its own database, exchange and queues), then, in one run:
 2. raw: the same number of messages published with confirms to a quorum
    queue on an exchange of its own and consumed with manual acks by plain
    aio-pika in this process: the ceiling the service is measured against.
+3. bus alone: the same load as 1. against bench/fanout.py instead of the
+   service: the queues and bindings the service documents in its AsyncAPI
+   document, each command consumed, its event published with a confirm and
+   acked, every plugin queue consumed and acked, but no store and no rules.
+   Each command costs two publishes and about four deliveries (raw: one and
+   one), so this is what the broker and aio-pika allow the service here.
+4. paced: one instance again, and the bus alone, at half the peak rate of the
+   first run of 1. (`--paced-seconds`, 15 by default; 0 skips it), each
+   command after the event of the previous one: p50/p99 there are latency,
+   not queueing behind a flood.
 
 The service load runs once per number in `--instances` (default `1,2`): with 1
 process, then with 2 processes sharing a database, an exchange and queues
@@ -28,11 +38,10 @@ fed by a PyMongo CommandListener), per command and by collection.
 
     python bench/throughput.py --orders 500 --rate 100
 
-With `--rate N` the load is paced instead: lifecycles start evenly so that
+With `--rate N` the load is paced only, at N: lifecycles start evenly so that
 about N commands per second are sent, each command after the event of the
 previous one (as users act on what they see), and p50/p99 command->event
-latency is the figure to read: it is the service's latency, not queueing
-behind a flood. Run the unpaced mode first to know the peak rate.
+latency is the figure to read.
 
     python bench/throughput.py --orders 1000 --preload 0,20000
 
@@ -171,13 +180,13 @@ async def run_service_load(url: str, exchange_name: str, orders: int, window: in
             # them and applied out of order (a delivery before the requirements: refused, ORD-1).
             for step, type_ in enumerate(COMMANDS):
                 envelope = command(type_, order_id, buyer, seller)
-                arrived[(order_id, step)] = asyncio.Event()
+                arrived[(order_id, step)] = event = asyncio.Event()  # on_event may pop it before the confirm
                 sent[(order_id, step)] = time.perf_counter()
                 await exchange.publish(
                     aio_pika.Message(envelope.body(), message_id=envelope.id,
                                      delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                     routing_key=type_)
-                await asyncio.wait_for(arrived[(order_id, step)].wait(), timeout=60)
+                await asyncio.wait_for(event.wait(), timeout=60)
 
         started = time.perf_counter()
         await asyncio.gather(*(lifecycle(i) for i in range(orders)))
@@ -438,7 +447,9 @@ async def main() -> None:
     parser.add_argument("--orders", type=int, default=2000)
     parser.add_argument("--window", type=int, default=100, help="order lifecycles in flight at once")
     parser.add_argument("--rate", type=float, default=None,
-                        help="paced mode: about this many commands per second, for latency")
+                        help="paced mode only: about this many commands per second, for latency")
+    parser.add_argument("--paced-seconds", type=float, default=15,
+                        help="after the unpaced runs, this long paced at half the peak of the first (0: skip)")
     parser.add_argument("--instances", default="1,2",
                         help="service processes to run the load against, one run per number (1,2: both)")
     parser.add_argument("--preload", default="0", metavar="N[,N...]",
@@ -455,34 +466,53 @@ async def main() -> None:
     else:
         args.preload = preloads[0]
         runs = [await measure(url, mongo_url, int(n), args) for n in args.instances.split(",")]
+    queues = runs[0]["queues"]
     raw_names = BusSettings(url=url, exchange=f"{runs[-1]['prefix']}.raw", queue_prefix=runs[-1]["prefix"])
     try:
         raw = await run_raw(url, raw_names.exchange, raw_names.queue_prefix, runs[-1]["messages"], args.window)
     finally:
         await delete_topology(raw_names, ())
-    bus = await run_bus_alone(url, runs[0]["queues"], args)
+    bus = await run_bus_alone(url, queues, args)
+    paced: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (service, bus alone) at half the peak
+    if args.rate is None and args.paced_seconds > 0 and len(preloads) == 1:
+        half = runs[0]["per_second"] / 2
+        pace = argparse.Namespace(**{**vars(args), "rate": half, "preload": 0,
+                                     "orders": max(50, round(half * args.paced_seconds / len(COMMANDS)))})
+        paced.append((await measure(url, mongo_url, 1, pace), await run_bus_alone(url, queues, pace)))
+        for row in paced[0]:
+            row["rate"] = half
 
     mode = f"paced at {args.rate:g} commands/s" if args.rate else "unpaced"
     print(f"\n{args.orders} order lifecycles, {runs[0]['messages']} commands -> events, all plugins on, {mode}, "
           f"{os.cpu_count()} cores")
-    print(f"{'':40}{'msgs/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'seconds':>10}   CPU used, in cores")
+    print(f"{'':44}{'msgs/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'seconds':>9}   CPU used, in cores")
+
     def label(row: dict[str, Any]) -> str:
         return f"service x{row['instances']}" + (f", {row['preload']} stored" if row["preload"] else "")
 
+    def line(name: str, row: dict[str, Any], cpu: str = "") -> None:
+        print(f"{name:44}{row['per_second']:>8.0f}{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}{row['seconds']:>9.1f}"
+              + (f"   {cpu}" if cpu else ""))
+
+    def service_cpu(cpu: dict[str, float]) -> str:
+        return (f"machine {cpu['machine']:.2f}: service {cpu['service']:.2f}, RabbitMQ {cpu['rabbitmq']:.2f}, "
+                f"store {cpu['store']:.2f}")
+
+    def bus_cpu(cpu: dict[str, float]) -> str:
+        return f"machine {cpu['machine']:.2f}: fanout.py {cpu['service']:.2f}, RabbitMQ {cpu['rabbitmq']:.2f}"
+
     for row in runs:
-        name = f"{label(row)} (cmd -> event)"
-        cpu = row["cpu"]
-        print(f"{name:40}{row['per_second']:>10.0f}{row['p50_ms']:>10.1f}{row['p99_ms']:>10.1f}{row['seconds']:>10.1f}"
-              f"   machine {cpu['machine']:.2f}: service {cpu['service']:.2f}, RabbitMQ {cpu['rabbitmq']:.2f}, "
-              f"store {cpu['store']:.2f}")
-    print(f"{'bus alone (fanout.py: no store, no rules)':40}{bus['per_second']:>10.0f}{bus['p50_ms']:>10.1f}"
-          f"{bus['p99_ms']:>10.1f}{bus['seconds']:>10.1f}   machine {bus['cpu']['machine']:.2f}: "
-          f"fanout.py {bus['cpu']['service']:.2f}, RabbitMQ {bus['cpu']['rabbitmq']:.2f}")
-    print(f"{'raw aio-pika (pub->ack)':40}{raw['per_second']:>10.0f}{raw['p50_ms']:>10.1f}{raw['p99_ms']:>10.1f}"
-          f"{raw['seconds']:>10.1f}")
-    deliveries = sum(1 for command in COMMANDS for patterns in runs[0]["queues"].values()
+        line(f"{label(row)} (cmd -> event)", row, service_cpu(row["cpu"]))
+    line("bus alone (fanout.py: no store, no rules)", bus, bus_cpu(bus["cpu"]))
+    line("raw aio-pika (pub->ack)", raw)
+    for service, alone in paced:
+        print(f"paced at {service['rate']:.0f} commands/s (half the peak of service x1), "
+              f"{service['messages']} commands:")
+        line("  service x1 (cmd -> event)", service, service_cpu(service["cpu"]))
+        line("  bus alone", alone, bus_cpu(alone["cpu"]))
+    deliveries = sum(1 for command in COMMANDS for patterns in queues.values()
                      if any(topic_match(p, command) for p in patterns))
-    deliveries += sum(1 for event in EVENT_OF for patterns in runs[0]["queues"].values()
+    deliveries += sum(1 for event in EVENT_OF for patterns in queues.values()
                       if any(topic_match(p, event) for p in patterns)) + len(EVENT_OF)
     print(f"per command: 2 publishes (the command, its event) and {deliveries / len(COMMANDS):.2f} deliveries "
           f"(core, plugins, the bench's tap); raw: 1 and 1")
@@ -502,6 +532,8 @@ async def main() -> None:
                   f"{runs[-1]['per_second'] / runs[0]['per_second']:.2f}")
     for row in runs:
         print(f"{label(row)}: {row['round_trips']}")
+    for service, _ in paced:
+        print(f"paced service x1: {service['round_trips']}")
 
 
 if __name__ == "__main__":
