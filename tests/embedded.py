@@ -43,7 +43,7 @@ class EmbeddedStore:
         if path is None:
             raise RuntimeError(f"{LAUNCHER} is not on PATH; run scripts/install")
         # scripts/lib.sh's options, without its up-front heap (these servers are short-lived)
-        opts = os.environ.get("EMBEDDED_STORE_JAVA_OPTS", "-Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20")
+        opts = os.environ.get("EMBEDDED_STORE_JAVA_OPTS", "-Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=5")
         env = {**os.environ, "JAVA_OPTS": opts}
         with self.log.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
