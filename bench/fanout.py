@@ -11,6 +11,10 @@ limit) bound to an exchange of its own, and consumes them as the service does:
   service would publish (mandatory, waiting for the broker's confirm), then ack;
 - every other queue (the plugins'): ack.
 
+Given one group named `process`, bound to every pattern of every group, it measures the
+other topology: one queue per service process, the process handing each event to its
+plugins itself (commands published as events, everything else acked).
+
 So the same load as the service's (the same commands, the same events delivered to the same
 queues and to the bench's tap) measures what the broker and aio-pika alone allow on this
 machine: the ceiling of the service with a free store and free rules. It prints `ready` when
@@ -50,7 +54,8 @@ async def serve(url: str, exchange_name: str, prefix: str, queues: dict[str, lis
                 arguments={"x-queue-type": "quorum", "x-delivery-limit": delivery_limit})
             for pattern in patterns:
                 await queue.bind(exchange_name, routing_key=pattern)
-            declared.append((queue, await queue.consume(on_command(exchange) if group == "core" else on_event)))
+            declared.append((queue, await queue.consume(on_command(exchange) if group in ("core", "process")
+                                                        else on_event)))
         print("ready", flush=True)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -63,9 +68,9 @@ async def serve(url: str, exchange_name: str, prefix: str, queues: dict[str, lis
 
 def on_command(exchange: aio_pika.abc.AbstractExchange) -> Any:
     async def handle(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        body = json.loads(message.body)
         event = EVENT_OF_COMMAND.get(message.routing_key or "")
         if event is not None:
+            body = json.loads(message.body)
             body["type"] = event
             await exchange.publish(
                 aio_pika.Message(json.dumps(body).encode(), message_id=message.message_id,

@@ -20,6 +20,9 @@ its own database, exchange and queues), then, in one run:
    acked, every plugin queue consumed and acked, but no store and no rules.
    Each command costs two publishes and about four deliveries (raw: one and
    one), so this is what the broker and aio-pika allow the service here.
+   Then again with one queue per process bound to every pattern (the other
+   topology: the process hands each event to its plugins itself; three
+   deliveries per command).
 4. paced: one instance again, and the bus alone, at half the peak rate of the
    first run of 1. (`--paced-seconds`, 15 by default; 0 skips it), each
    command after the event of the previous one: p50/p99 there are latency,
@@ -379,6 +382,13 @@ async def documented_queues(port: int, prefix: str) -> dict[str, list[str]]:
             if channel["bindings"]["amqp"]["is"] == "queue" and channel.get("x-arguments", {}).get("x-dead-letter-exchange")}
 
 
+def deliveries_to(queues: dict[str, list[str]]) -> int:
+    """Deliveries of one lifecycle's commands and events to these queues, and of its events
+    to the bench's tap."""
+    return sum(1 for key in (*COMMANDS, *EVENT_OF) for patterns in queues.values()
+               if any(topic_match(p, key) for p in patterns)) + len(EVENT_OF)
+
+
 async def run_bus_alone(url: str, queues: dict[str, list[str]], args: argparse.Namespace) -> dict[str, Any]:
     """The same load against bench/fanout.py: the service's queues, bindings and AMQP work per
     command (consume, publish the event with a confirm, ack; every plugin queue consumed and
@@ -473,6 +483,8 @@ async def main() -> None:
     finally:
         await delete_topology(raw_names, ())
     bus = await run_bus_alone(url, queues, args)
+    merged = {"process": sorted({p for patterns in queues.values() for p in patterns})}
+    one_queue = await run_bus_alone(url, merged, args)
     paced: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (service, bus alone) at half the peak
     if args.rate is None and args.paced_seconds > 0 and len(preloads) == 1:
         half = runs[0]["per_second"] / 2
@@ -504,23 +516,23 @@ async def main() -> None:
     for row in runs:
         line(f"{label(row)} (cmd -> event)", row, service_cpu(row["cpu"]))
     line("bus alone (fanout.py: no store, no rules)", bus, bus_cpu(bus["cpu"]))
+    line("bus alone, one queue per process", one_queue, bus_cpu(one_queue["cpu"]))
     line("raw aio-pika (pub->ack)", raw)
     for service, alone in paced:
         print(f"paced at {service['rate']:.0f} commands/s (half the peak of service x1), "
               f"{service['messages']} commands:")
         line("  service x1 (cmd -> event)", service, service_cpu(service["cpu"]))
         line("  bus alone", alone, bus_cpu(alone["cpu"]))
-    deliveries = sum(1 for command in COMMANDS for patterns in queues.values()
-                     if any(topic_match(p, command) for p in patterns))
-    deliveries += sum(1 for event in EVENT_OF for patterns in queues.values()
-                      if any(topic_match(p, event) for p in patterns)) + len(EVENT_OF)
+    deliveries = deliveries_to(queues)
     print(f"per command: 2 publishes (the command, its event) and {deliveries / len(COMMANDS):.2f} deliveries "
-          f"(core, plugins, the bench's tap); raw: 1 and 1")
+          f"(core, plugins, the bench's tap); with one queue per process, "
+          f"{deliveries_to(merged) / len(COMMANDS):.2f}; raw: 1 and 1")
     if args.rate:
         print("ratio service/raw: not meaningful when paced (the service gets what the pace offers);"
               " read p50/p99")
     else:
-        print(f"ratio bus alone/raw: {bus['per_second'] / raw['per_second']:.3f} (the ceiling on this machine)")
+        print(f"ratio bus alone/raw: {bus['per_second'] / raw['per_second']:.3f} (the ceiling on this machine); "
+              f"with one queue per process: {one_queue['per_second'] / raw['per_second']:.3f}")
         for row in runs:
             print(f"ratio {label(row)}/raw: {row['per_second'] / raw['per_second']:.3f}; "
                   f"{label(row)}/bus alone: {row['per_second'] / bus['per_second']:.3f}")
