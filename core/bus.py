@@ -50,6 +50,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import ChannelPreconditionFailed, DeliveryError
 from yarl import URL
 
+from core.acks import CoalescedAcks, quietly
 from core.clock import utcnow
 from core.errors import RescenterError, Unavailable
 from core.locks import KeyedLocks
@@ -159,6 +160,7 @@ class ConsumerGroup:
     queue: AbstractRobustQueue | None = None
     consumer_tag: str | None = None
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
+    acks: CoalescedAcks = field(default_factory=CoalescedAcks)
 
     def handler_for(self, type_: str) -> Handler | None:
         for subscription in self.subscriptions:
@@ -401,6 +403,7 @@ class Bus:
             return
 
         async def on_message(message: AbstractIncomingMessage) -> None:
+            group.acks.arrived(message)
             task = asyncio.current_task()
             assert task is not None
             group.inflight.add(task)
@@ -425,6 +428,7 @@ class Bus:
                 async with asyncio.timeout(5):
                     await group.queue.cancel(tag)
         await self._drain(group, grace)
+        await group.acks.drain()
         log.info("consumer stopped", plugin=name)
 
     async def _drain(self, group: ConsumerGroup, grace: float | None) -> None:
@@ -479,7 +483,7 @@ class Bus:
             log.exception("handler failed")
             await self._retry(group, message, exc)
         else:
-            await _quietly(message.ack())
+            group.acks.done(message)
         finally:
             self.metrics.consumed.labels(group.name, envelope.type, outcome).inc()
             self.metrics.handler_seconds.labels(group.name).observe(time.perf_counter() - started)
@@ -511,7 +515,8 @@ class Bus:
             await self._settle_dead(group, message, "delivery_limit", _describe(exc))
             return
         await asyncio.sleep(self.settings.retry_delay.total_seconds() * deliveries)
-        await _quietly(message.nack(requeue=True))
+        await quietly(message.nack(requeue=True))
+        group.acks.settled(message)
 
     async def _settle_dead(
         self, group: ConsumerGroup, message: AbstractIncomingMessage, reason: str, error: str
@@ -521,9 +526,10 @@ class Bus:
         except Exception:
             # Could not keep it with its reason: let the broker dead-letter it (reason "rejected").
             log.exception("dead-letter publish failed; rejecting to the broker's dead-letter queue")
-            await _quietly(message.reject(requeue=False))
+            await quietly(message.reject(requeue=False))
+            group.acks.settled(message)
             return
-        await _quietly(message.ack())
+        group.acks.done(message)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -539,14 +545,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, RescenterError):
         return f"{exc.rule + ': ' if exc.rule else ''}{exc.detail}"
     return f"{type(exc).__name__}: {exc}"
-
-
-async def _quietly(awaitable: Awaitable[Any]) -> None:
-    """Ack/nack on a channel that died meanwhile: the broker redelivers; handlers are idempotent."""
-    try:
-        await awaitable
-    except Exception as exc:
-        log.warning("could not settle message; it will be redelivered", error=repr(exc))
 
 
 def topology(settings: BusSettings, bindings: Mapping[str, Iterable[str]]) -> Topology:

@@ -4,6 +4,7 @@ restart under a running service."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from decimal import Decimal
 from typing import Any
@@ -13,13 +14,16 @@ import aio_pika
 import pytest
 from aio_pika.exceptions import DeliveryError
 
-from core.bus import Bus, Subscription, Unroutable
+from core.bus import Bus, Subscription, Unroutable, delete_topology
 from core.clock import utcnow
 from core.messages import (
     Actor,
+    Catalogue,
     ChargebackReported,
     DeliverOrder,
     Envelope,
+    MessageData,
+    MessageType,
     Money,
     PlaceOrder,
     SubmitRequirements,
@@ -86,6 +90,87 @@ async def test_a_subscription_takes_exactly_what_the_broker_routes_to_its_queue(
                 await queue.delete(if_unused=False, if_empty=False)
         finally:
             await exchange.delete()
+
+
+# ---------------------------------------------------------------- acknowledgements
+
+
+class Numbered(MessageData):
+    n: int
+
+
+@contextlib.asynccontextmanager
+async def numbered_bus(handler: Any, **settings: Any) -> Any:
+    """A bus of its own (exchange, queue) with one group taking `test.numbered` messages."""
+    tag = new_id()[:8]
+    bus_settings = load_settings().bus.model_copy(
+        update={"exchange": f"test.{tag}.events", "queue_prefix": f"test.{tag}", **settings})
+    catalogue = Catalogue()
+    catalogue.add(MessageType("test.numbered", Numbered, "A numbered test message.", "publish"))
+    bus = Bus(bus_settings, catalogue, Metrics())
+    await bus.connect()
+    try:
+        await bus.declare_group("numbers", [Subscription(types=("test.numbered",), handler=handler)])
+        await bus.start_consuming("numbers")
+        yield bus
+    finally:
+        await bus.close()
+        await delete_topology(bus_settings, ("numbers",))
+
+
+async def publish_numbers(bus: Bus, count: int) -> None:
+    for n in range(count):
+        await bus.publish(Envelope(id=f"n-{n}", source="tests", type="test.numbered", time=utcnow(),
+                                   subject=f"s-{n}", data={"n": n}))
+
+
+async def nothing_unacknowledged(bus: Bus, group: str) -> bool:
+    """Stop the group's consumer and close its channel: whatever it left unacknowledged goes
+    back to the queue, which must then be empty."""
+    await bus.stop_consuming(group)
+    channel = bus.groups[group].channel
+    assert channel is not None
+    await channel.close()
+    return (await bus.queue_depths([bus.queue_name(group)]))[bus.queue_name(group)] == 0
+
+
+async def test_a_message_handed_back_is_not_acknowledged_with_those_that_finish_meanwhile() -> None:
+    """Acks are coalesced (one frame for a run of finished deliveries, core.acks); a delivery
+    that fails and is handed back while later ones finish must come back, not be covered by
+    their ack (ORD-6: at least once)."""
+    calls: dict[int, int] = {}
+
+    async def handler(envelope: Envelope, data: Any) -> None:
+        calls[data.n] = calls.get(data.n, 0) + 1
+        if data.n == 0 and calls[0] == 1:
+            raise RuntimeError("a transient failure")
+
+    async with numbered_bus(handler) as bus:
+        await publish_numbers(bus, 30)
+        await eventually(lambda: len(calls) == 30 and calls[0] == 2, what="every message, the first one twice")
+        await asyncio.sleep(0.3)
+        assert calls[0] == 2
+        assert await nothing_unacknowledged(bus, "numbers")
+
+
+async def test_messages_finished_behind_a_slow_one_are_acknowledged_without_waiting_for_it() -> None:
+    """With a prefetch of 4, a message whose handler is still busy must not hold the acks of
+    those that finished after it: the consumer goes on taking messages."""
+    release = asyncio.Event()
+    handled: list[int] = []
+
+    async def handler(envelope: Envelope, data: Any) -> None:
+        if data.n == 0:
+            await release.wait()
+        handled.append(data.n)
+
+    async with numbered_bus(handler, prefetch=4) as bus:
+        await publish_numbers(bus, 20)
+        await eventually(lambda: len(handled) == 19, what="the 19 others handled while the first is busy")
+        assert 0 not in handled
+        release.set()
+        await eventually(lambda: 0 in handled, what="the first one finished")
+        assert await nothing_unacknowledged(bus, "numbers")
 
 
 # ---------------------------------------------------------------- redelivery
