@@ -9,7 +9,9 @@ limit) bound to an exchange of its own, and consumes them as the service does:
 
 - the `core` queue: for each command of the bench's lifecycle, publish the event the
   service would publish (mandatory, waiting for the broker's confirm), then ack;
-- every other queue (the plugins'): ack.
+- every other queue (the plugins'): ack;
+
+acks coalesced as the service sends them (core.acks).
 
 Given one group named `process`, bound to every pattern of every group, it measures the
 other topology: one queue per service process, the process handing each event to its
@@ -27,9 +29,15 @@ import argparse
 import asyncio
 import json
 import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 import aio_pika
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.acks import CoalescedAcks  # noqa: E402
 
 EVENT_OF_COMMAND = {
     "command.order.place": "order.placed",
@@ -54,8 +62,8 @@ async def serve(url: str, exchange_name: str, prefix: str, queues: dict[str, lis
                 arguments={"x-queue-type": "quorum", "x-delivery-limit": delivery_limit})
             for pattern in patterns:
                 await queue.bind(exchange_name, routing_key=pattern)
-            declared.append((queue, await queue.consume(on_command(exchange) if group in ("core", "process")
-                                                        else on_event)))
+            handle = on_command(exchange) if group in ("core", "process") else on_event
+            declared.append((queue, await queue.consume(acknowledging(handle, CoalescedAcks()))))
         print("ready", flush=True)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -64,6 +72,15 @@ async def serve(url: str, exchange_name: str, prefix: str, queues: dict[str, lis
             await queue.cancel(tag)
             await queue.delete(if_unused=False, if_empty=False)
         await exchange.delete()
+
+
+def acknowledging(handle: Any, acks: CoalescedAcks) -> Any:
+    """Acks as the service sends them (core.acks: one frame per run of finished deliveries)."""
+    async def consume(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        acks.arrived(message)
+        await handle(message)
+        acks.done(message)
+    return consume
 
 
 def on_command(exchange: aio_pika.abc.AbstractExchange) -> Any:
@@ -77,12 +94,11 @@ def on_command(exchange: aio_pika.abc.AbstractExchange) -> Any:
                                  content_type="application/json",
                                  delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                 routing_key=event, mandatory=True)
-        await message.ack()
     return handle
 
 
 async def on_event(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-    await message.ack()
+    pass  # a plugin's handler, free: only the ack
 
 
 def main() -> None:
