@@ -81,12 +81,7 @@ class CoalescedAcks:
     async def drain(self) -> None:
         """Ack every finished delivery now, and wait for the frames (before a consumer stops)."""
         self._flush()
-        for channel in self._channels.values():
-            for tag in channel.tags:
-                message = channel.state[tag]
-                if message is not None and message is not _SETTLED:
-                    channel.state[tag] = _SETTLED
-                    self._send(message.ack())
+        self._ack_alone()
         if self._sending:
             await asyncio.wait(set(self._sending))
 
@@ -121,8 +116,12 @@ class CoalescedAcks:
             asyncio.get_running_loop().call_later(STUCK, self._ack_stuck)
 
     def _ack_stuck(self) -> None:
+        self._flush()  # the run may have moved meanwhile (no new timer: one is running)
+        self._ack_alone()
         self._stuck_scheduled = False
-        self._flush()  # the run may have moved meanwhile
+
+    def _ack_alone(self) -> None:
+        """Ack on its own each finished delivery still behind one in hand."""
         for channel in self._channels.values():
             for tag in channel.tags:
                 message = channel.state[tag]
