@@ -44,6 +44,8 @@ class _Channel:
 
 
 class CoalescedAcks:
+    """One consumer group's deliveries, from arrival to acknowledgement (the module says how)."""
+
     def __init__(self) -> None:
         self._channels: dict[Any, _Channel] = {}
         self._sending: set[asyncio.Task[None]] = set()
@@ -65,7 +67,8 @@ class CoalescedAcks:
         """The delivery is handled: ack it, with the run it belongs to."""
         channel = self._channel_of(message)
         if channel is None or message.delivery_tag not in channel.state:
-            self._send(message.ack())  # not tracked (its channel is gone): the broker will say
+            # Its channel closed since: the ack fails (logged) and the broker hands it back.
+            self._send(message.ack())
             return
         channel.state[message.delivery_tag] = message
         if not self._flush_scheduled:
