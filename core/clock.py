@@ -6,7 +6,7 @@ admin advances it (like Stripe's test clocks). The scheduler walks the
 deadlines due in the skipped time in order (core.scheduler.Scheduler.advance).
 
 Leases and claim expiry never use this clock: they are about processes, not
-business time, and use `time.time()`.
+business time, and use the wall clock, `utcnow()`.
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ from pymongo import UpdateOne
 
 from core.batching import Outcome
 from core.bus import Bus
+from core.clock import utcnow
 from core.locks import KeyedLocks
 from core.messages import Envelope
 from core.metrics import Metrics
@@ -90,10 +91,6 @@ class Effect:
 
     def entry(self) -> dict[str, str]:
         return {"kind": self.kind, "id": self.id, "body": self.body}
-
-
-def _real_now() -> datetime:
-    return datetime.now(UTC)
 
 
 #: the write this task staged last: its flush knows its own entries by this token (a write
@@ -140,7 +137,7 @@ class Outbox:
 
     def _entries(self, effects: Iterable[Effect]) -> tuple[list[dict[str, str]], datetime]:
         """The entries of one write, each naming that write and the end of its lease."""
-        due = _real_now() + self.settings.lease
+        due = utcnow() + self.settings.lease
         writer = uuid.uuid4().hex[:16]
         entries = [{**effect.entry(), "writer": writer, "until": due.isoformat()} for effect in effects]
         _last_write.set(writer if entries else None)
@@ -206,11 +203,11 @@ class Outbox:
         Return what is left for us to apply: ours, and theirs if their lease ran out first
         (they died)."""
         delay = WAIT_STEPS[0]
-        while any(e.get("writer") != mine and _lease_end(e) > _real_now() for e in entries):
+        while any(e.get("writer") != mine and _lease_end(e) > utcnow() for e in entries):
             stored = await self.store.batcher(collection).find_by_id(doc_id, {"_outbox": 1})
             present = (stored or {}).get("_outbox") or []
             entries = [e for e in entries if e in present]
-            if any(e.get("writer") != mine and _lease_end(e) > _real_now() for e in entries):
+            if any(e.get("writer") != mine and _lease_end(e) > utcnow() for e in entries):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, WAIT_STEPS[1])
         return entries
@@ -264,7 +261,7 @@ class Outbox:
         collection: a full sweep. Returns documents handled."""
         handled = 0
         for name in sorted(self.collections):
-            now = _real_now()
+            now = utcnow()
             # Read the ids first, then claim each: no cursor stays open across the writes.
             stale = await self.store.collection(name).find(
                 {"_outbox_due": {"$lte": now}}, {"_id": 1}).limit(limit).to_list()
@@ -303,14 +300,14 @@ class Outbox:
             if not (doc or {}).get("_outbox"):
                 self._deferred.discard((name, doc_id))  # cleared (by us, a later writer or a sweep)
                 continue
-            if await self._sweep_doc(name, doc_id, _real_now()):
+            if await self._sweep_doc(name, doc_id, utcnow()):
                 self._deferred.discard((name, doc_id))
 
     async def _renew(self) -> None:
         alive = ALIVE_INTERVALS * self.settings.sweep_interval
         await self.store.collection(INSTANCES).update_one(
             {"_id": self.run_id},
-            {"$set": {"instance": self.instance, "alive_until": _real_now() + alive}},
+            {"$set": {"instance": self.instance, "alive_until": utcnow() + alive}},
             upsert=True,
         )
 
@@ -319,7 +316,7 @@ class Outbox:
         (of several instances, one claims each). True if there was any."""
         col = self.store.collection(INSTANCES)
         buried = False
-        for dead in await col.find({"alive_until": {"$lte": _real_now() - self.settings.lease}}).to_list():
+        for dead in await col.find({"alive_until": {"$lte": utcnow() - self.settings.lease}}).to_list():
             if (await col.delete_one({"_id": dead["_id"], "alive_until": dead["alive_until"]})).deleted_count:
                 log.warning("an instance stopped without a clean stop; sweeping what it left",
                             dead_instance=dead.get("instance"), alive_until=dead["alive_until"].isoformat())
@@ -331,7 +328,7 @@ class Outbox:
         a run died or the safety-net interval passed."""
         await self._renew()
         await self.retry_deferred()
-        now = _real_now()
+        now = utcnow()
         if await self._bury_dead_runs() or self._next_full_sweep is None or now >= self._next_full_sweep:
             self._next_full_sweep = now + self.settings.full_sweep_interval
             self.metrics.outbox_full_sweeps.inc()

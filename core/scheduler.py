@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 from pymongo import ASCENDING, UpdateOne
 
-from core.clock import Clock, TestClock
+from core.clock import Clock, TestClock, utcnow
 from core.metrics import Metrics
 from core.settings import SchedulerSettings
 from core.store import Store
@@ -55,10 +55,6 @@ class Deadline(BaseModel):
 
 
 DeadlineHandler = Callable[[Deadline], Awaitable[None]]
-
-
-def _real_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class Scheduler:
@@ -127,7 +123,7 @@ class Scheduler:
         pending, which leaves it as it is."""
         await self.batcher.write(UpdateOne(
             {"_id": deadline_id, "state": "pending"},
-            {"$set": {"state": "cancelled", "cancelled_at": self.clock.now(), "finished_at": _real_now()}},
+            {"$set": {"state": "cancelled", "cancelled_at": self.clock.now(), "finished_at": utcnow()}},
             upsert=True,
         ))
 
@@ -148,7 +144,7 @@ class Scheduler:
         interval), not at every poll.
         """
         owners = sorted(self.active_owners())
-        real_now = _real_now()
+        real_now = utcnow()
         query = {
             "owner": {"$in": owners},
             "$or": [{"state": "pending"}, {"state": "claimed", "lease_until": {"$lte": real_now}}],
@@ -208,7 +204,7 @@ class Scheduler:
                 else:  # retried once the lease runs out
                     await self.collection.update_one(
                         {"_id": deadline.id, "claimed_by": self.instance},
-                        {"$set": {"lease_until": _real_now() + timedelta(seconds=1) * attempts}},
+                        {"$set": {"lease_until": utcnow() + timedelta(seconds=1) * attempts}},
                     )
                 return
             await self._finish(deadline, "done")
@@ -218,7 +214,7 @@ class Scheduler:
     async def _finish(self, deadline: Deadline, state: str, **fields: Any) -> None:
         await self.collection.update_one(
             {"_id": deadline.id, "claimed_by": self.instance},
-            {"$set": {"state": state, "fired_at": self.clock.now(), "finished_at": _real_now(), **fields}},
+            {"$set": {"state": state, "fired_at": self.clock.now(), "finished_at": utcnow(), **fields}},
         )
 
     async def fire_due(self) -> int:
@@ -281,13 +277,13 @@ class Scheduler:
     async def _prune_forever(self) -> None:
         try:  # deadlines finished before `finished_at` existed are dated now: pruned a retention from here
             await self.collection.update_many({"state": {"$in": list(FINISHED)}, "finished_at": {"$exists": False}},
-                                              {"$set": {"finished_at": _real_now()}})
+                                              {"$set": {"finished_at": utcnow()}})
         except Exception as exc:
             log.warning("could not date the finished deadlines of an older release", error=repr(exc))
         while True:
             await asyncio.sleep(self.settings.prune_interval.total_seconds())
             try:
-                pruned = await self.prune(_real_now() - self.settings.retention)
+                pruned = await self.prune(utcnow() - self.settings.retention)
                 if pruned:
                     log.info("finished deadlines deleted", count=pruned,
                              retention=self.settings.retention.total_seconds())

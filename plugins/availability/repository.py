@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from pymongo.errors import DuplicateKeyError
 
+from core.clock import utcnow
 from core.errors import Conflict, NotFound
 from core.locks import KeyedLocks
 from core.messages import MessageData, make_envelope
@@ -43,10 +44,6 @@ RESERVATION_LEASE = timedelta(seconds=60)
 # instead of spinning on the version guard (the guard still arbitrates between
 # processes, on MongoDB). Keyed by database too: tests run several services in one process.
 _writing = KeyedLocks()
-
-
-def real_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
@@ -157,7 +154,7 @@ class SellerDocuments:
         # Reservations first, the core's orders second: an order inserted between the
         # two reads is then seen at least once (in flight, then active), never zero times.
         for order_id, reservation in (doc.get("reservations") or {}).items():
-            if order_id == placing or real_now() - reservation["at"] >= RESERVATION_LEASE:
+            if order_id == placing or utcnow() - reservation["at"] >= RESERVATION_LEASE:
                 continue
             try:
                 await self.services.orders.get(order_id)
@@ -170,7 +167,7 @@ class SellerDocuments:
     async def reserve(self, doc: dict[str, Any], order_id: str, keep: set[str]) -> bool:
         """Take a slot for `order_id` if the document is still the one the decision was made on;
         the reservations not in `keep` (placed, or dead) are dropped in the same write."""
-        update: dict[str, Any] = {"$set": {f"reservations.{order_id}": {"at": real_now()}}}
+        update: dict[str, Any] = {"$set": {f"reservations.{order_id}": {"at": utcnow()}}}
         # PlaceOrder ids match ^[A-Za-z0-9_-]+$, so an order id is a safe field name.
         stale = [f"reservations.{other}" for other in (doc.get("reservations") or {})
                  if other not in keep and other != order_id]
