@@ -8,10 +8,9 @@ export ROOT LOCAL VENV
 
 export RABBITMQ_URL="${RABBITMQ_URL:-amqp://guest:guest@127.0.0.1:5672/}"
 export MONGODB_URL="${MONGODB_URL:-mongodb://127.0.0.1:27017/}"
-# The embedded store's JVM: a bounded heap (its data lives in the H2 file, with
-# a page cache inside this heap) and G1 with short pauses: the serial collector
-# stopped everything for 200-350 ms whenever old pages left the cache.
-export EMBEDDED_STORE_JAVA_OPTS="${EMBEDDED_STORE_JAVA_OPTS:--Xms512m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=5}"
+# The embedded store's JVM options on top of its launcher's own (scripts/install):
+# the long-running server takes its whole heap up front.
+export EMBEDDED_STORE_JAVA_OPTS="${EMBEDDED_STORE_JAVA_OPTS:--Xms512m}"
 
 # Tools scripts/services generates (a rabbitmqctl aimed at its node) come
 # first, for the scripts and for the tests they run.
