@@ -373,13 +373,15 @@ async def measure(url: str, mongo_url: str, instances: int, args: argparse.Names
 
 async def documented_queues(port: int, prefix: str) -> dict[str, list[str]]:
     """The running service's consumer groups and their topic patterns, from its AsyncAPI
-    document (each queue channel's `x-bindings`)."""
+    document: each queue channel's `x-bindings`. A consumer group's queue is the one that
+    dead-letters (its own dead-letter queue and the unrouted queue do not)."""
     async with aiohttp.ClientSession() as session, \
             session.get(f"http://127.0.0.1:{port}/asyncapi.json") as response:
         document = await response.json()
     return {channel["address"].removeprefix(f"{prefix}."): channel["x-bindings"]
             for channel in document["channels"].values()
-            if channel["bindings"]["amqp"]["is"] == "queue" and channel.get("x-arguments", {}).get("x-dead-letter-exchange")}
+            if channel["bindings"]["amqp"]["is"] == "queue"
+            and "x-dead-letter-exchange" in channel.get("x-arguments", {})}
 
 
 def deliveries_to(queues: dict[str, list[str]]) -> int:
