@@ -193,6 +193,18 @@ async def test_AVL_2_seller_ends_the_period_sooner_and_its_end_does_not_fire_aga
     assert world.seller_events() == ["availability.away_started", "availability.away_ended"]
 
 
+async def test_AVL_2_a_period_ended_at_the_instant_it_began_says_it_started(world: World) -> None:
+    """`started` tells a consumer whether the period ever refused orders: one that began when it
+    was set did, even when the seller ends it before the clock moves."""
+    until = await world.now() + timedelta(days=2)
+    await world.seller.put(f"{world.path}/away", {"until": at(until), "note": "Back soon"}, expect=200)
+    await world.refused("AVL-1")
+    await world.delete(world.seller, f"{world.path}/away", expect=200)
+    [ended] = await world.wait_for("availability.away_ended")
+    assert ended.data["cause"] == "ended_by_seller" and ended.data["started"] is True
+    assert ended.data["ended_at"] == ended.data["period"]["starts_at"]
+
+
 async def test_AVL_1_a_new_period_replaces_the_current_one_and_a_repeated_request_changes_nothing(
         world: World) -> None:
     now = await world.now()
@@ -206,7 +218,9 @@ async def test_AVL_1_a_new_period_replaces_the_current_one_and_a_repeated_reques
     await world.h.probe.settle(0.3)
     assert world.seller_events() == [
         "availability.away_started", "availability.away_ended", "availability.away_started"]
-    assert world.events("availability.away_ended")[0].data["cause"] == "replaced"
+    replaced = world.events("availability.away_ended")[0].data
+    # It began when it was set: replaced at that very instant, it still took effect.
+    assert replaced["cause"] == "replaced" and replaced["started"] is True
 
     # The first period's end is cancelled: at its until the seller is still away.
     await world.advance_to(now + timedelta(days=1))

@@ -57,7 +57,9 @@ def _ending(seller_id: str, away: dict[str, Any], now: datetime, actor: Actor, c
     change = Change(set={"away": None},
                     cancel=[_deadline(seller_id, away, AWAY_START, away["starts_at"]).id,
                             _deadline(seller_id, away, AWAY_END, away["until"]).id])
-    took_effect = away["starts_at"] < ended_at
+    # Published as started (it began when it was set, or its start fired), or due to start before
+    # it ended: it refused orders, even when it ends at the very instant it began.
+    took_effect = bool(away.get("started")) or away["starts_at"] < ended_at
     if took_effect and not away.get("started"):
         # Its start deadline had not fired: say it started, so that a consumer always
         # sees a period that refused orders start before it ends.
