@@ -150,7 +150,7 @@ def proposed_policy(current: Policy, changes: Mapping[str, Any], replays: list[P
         errors = [{"field": "set.policy." + ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
                   for e in exc.errors()]
         raise InvalidInput("; ".join(f"{e['field'][4:]}: {e['message']} (got {changes.get(e['field'][4:])!r})"
-                                     for e in errors), errors=errors) from None
+                                     for e in errors), field=errors[0]["field"], errors=errors) from None
 
 
 def parse_assignments(assignments: list[str]) -> dict[str, str]:

@@ -359,7 +359,7 @@ async def test_an_unknown_key_or_a_bad_value_is_a_422_problem(world: World, body
     found = await what_if(world.admin, 422, **body)
     problem(world.admin, found, 422)
     assert words in found["detail"]
-    assert field in (found.get("field"), *(e["field"] for e in found.get("errors", [])))
+    assert found["field"] == field
 
 
 async def test_a_future_instant_and_a_buyer_are_refused(world: World) -> None:
