@@ -456,6 +456,13 @@ class Bus:
             request_id=envelope.requestid,
         )
         REQUEST_ID.set(envelope.requestid)  # what the handler publishes carries the same request id
+        if message.exchange == self.exchange_name and message.routing_key != envelope.type:
+            # The broker routed it by its key: acting on another type would bypass the bindings (and the
+            # senders' permissions, which are per type). A replay comes straight to the queue instead.
+            log.warning("routing key and type differ; dead-lettered", routing_key=message.routing_key)
+            await self._settle_dead(group, message, "unhandled", f"the routing key {message.routing_key!r} "
+                                    f"does not match the envelope's type {envelope.type!r}")
+            return
         if self.catalogue.types[envelope.type].direction == "consume":
             sender = self.sender(message)
             refusal = self.senders.refusal(sender, envelope.type, data)

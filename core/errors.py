@@ -41,6 +41,12 @@ class InvalidInput(RescenterError):
     status, title, type_suffix = 422, "Invalid input", "invalid-input"
 
 
+class UnsupportedMediaType(RescenterError):
+    """A body sent as something other than JSON (HTTP only)."""
+
+    status, title, type_suffix = 415, "Unsupported media type", "unsupported-media-type"
+
+
 class Unauthenticated(RescenterError):
     status, title, type_suffix = 401, "Not authenticated", "unauthenticated"
 

@@ -8,6 +8,7 @@ in `docs/asyncapi.json` and served at `/asyncapi.json`.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from contextvars import ContextVar
@@ -96,7 +97,9 @@ class Catalogue:
             raise InvalidInput(f"invalid envelope: {_errors(exc)}") from None
         model = self.model(envelope.type)
         try:
-            data = model.model_validate(envelope.data)
+            # Strict JSON mode, as the HTTP bodies (core.http.routes.validate_body): an integer is
+            # never "3", 3.0 or true, a boolean never "yes" or 1; date-times stay ISO 8601 strings.
+            data = model.model_validate_json(json.dumps(envelope.data), strict=True)
         except ValidationError as exc:
             raise InvalidInput(f"invalid data for {envelope.type}: {_errors(exc)}") from None
         return envelope, data
@@ -417,7 +420,7 @@ class Topology:
 
 DEAD_LETTER_REASONS = {
     "invalid": "the body is not a CloudEvents envelope of a known `type`, or its `data` fails the type's model",
-    "unhandled": "the queue has no handler for the envelope's `type` (a routing key that does not match it)",
+    "unhandled": "the routing key is not the envelope's `type`, or the queue has no handler for that `type`",
     "unauthorized": "its AMQP `user_id` is missing or names a broker user that `bus.authorization.users` does "
                     "not allow to send this type, or to act for the role in `data.actor.role`",
     "rejected": "refused for good: a business rule (`x-rescenter-error` starts with its id, e.g. `ORD-1: ...`), "
@@ -432,8 +435,13 @@ PUBLISHING = (
     "properties: `message_id` = the envelope's `id`, `content_type` = `application/cloudevents+json`, `type` = "
     "the envelope's `type`, `delivery_mode` = 2 (persistent), as rescenter does on what it publishes, and "
     "`user_id` = your broker user (see Authorization: the one property the service checks). Otherwise the "
-    "service acts on the body alone: the envelope's `id` makes a command apply once (the same `id` again "
-    "changes nothing and publishes nothing) and its `type` picks the model and the handler. A message without "
+    "service acts on the body: the envelope's `id` makes a command apply once (the same `id` again "
+    "changes nothing and publishes nothing) and its `type` picks the model and the handler; it must equal "
+    "the routing key, or the message is dead-lettered as `unhandled`. The `id` alone is the key, not "
+    "`source` + `id`: two different commands with the same `id` about one order are one command, and the "
+    "second changes nothing, so make ids globally unique (a UUID per message). `data` is strict JSON, as "
+    "HTTP bodies are: an integer is never \"3\", 3.0 or true, a boolean never \"yes\" or 1 (dead-lettered "
+    "as `invalid`). A message without "
     "the other properties is processed all the same; they serve the broker and tracing, and a dead letter "
     "copies `message_id`, `type` and `content_type`, so without them it is harder to trace back to its sender."
 )

@@ -141,7 +141,7 @@ class Client:
         kwargs: dict[str, Any] = {"headers": self._headers(headers)}
         if raw is not None:
             kwargs["data"] = raw
-            kwargs["headers"]["Content-Type"] = "application/json"
+            kwargs["headers"].setdefault("Content-Type", "application/json")
         elif body is not None:
             kwargs["json"] = body
         async with self.session.request(method, self.base + path, **kwargs) as response:

@@ -164,6 +164,17 @@ async def test_visibility_the_orders_seller_and_support_can_read_it_another_sell
         assert [o["id"] for o in (await seller.get("/orders?as=seller", expect=200))["orders"]] == [order_id]
 
 
+async def test_visibility_deadlines_of_an_unknown_order_are_404_not_an_empty_list() -> None:
+    async with Harness() as h:
+        service = await h.start_instance()
+        buyer, support = h.client(service, "buyer-1", "buyer"), h.client(service, "support-1", "support")
+        order_id = await start(buyer)
+        known = await support.get(f"/orders/{order_id}/deadlines", expect=200)
+        assert [d["kind"] for d in known["deadlines"]] == ["order.late"]
+        refused = problem(support, await support.get(f"/orders/{order_id}-typo/deadlines"), 404)
+        assert refused["order_id"] == f"{order_id}-typo"
+
+
 # ---------------------------------------------------------------- strict bodies
 
 
@@ -210,6 +221,60 @@ async def test_strict_body_over_max_body_bytes_is_413_and_changes_nothing() -> N
         assert await snapshot(buyer, order_id) == before
         # Under the limit it goes through.
         await buyer.post(f"/orders/{order_id}/requirements", {"requirements": "x" * 900}, expect=200)
+
+
+async def test_strict_body_a_command_without_a_body_takes_none_or_an_empty_object_and_refuses_anything_else() \
+        -> None:
+    """A body posted to the wrong route (a revision's reason sent to /acceptance) must not
+    complete the order: a route without a body model refuses any member, invalid JSON and
+    anything but an object, and changes nothing (ORD-4 only on a real acceptance)."""
+    async with Harness() as h:
+        service = await h.start_instance(http={"max_body_bytes": 1024})
+        buyer, seller = h.client(service, "buyer-1", "buyer"), h.client(service, "seller-1", "seller")
+        order_id = await start(buyer)
+        await seller.post(f"/orders/{order_id}/deliveries", {"message": "done"}, expect=200)
+        before = await snapshot(buyer, order_id)
+        acceptance = f"/orders/{order_id}/acceptance"
+
+        refused = problem(buyer, await buyer.post(acceptance, {"reason": "the colours are wrong"}), 422)
+        assert [e["field"] for e in refused["errors"]] == ["reason"] and "takes no body" in refused["detail"]
+        assert "JSON" in problem(buyer, await buyer.post(acceptance, raw=b'{"reason": "the col'), 422)["detail"]
+        problem(buyer, await buyer.post(acceptance, raw=b'["reason"]'), 422)
+        assert "1024" in problem(buyer, await buyer.post(acceptance, raw=b'{"a": "' + b"x" * 2000 + b'"}'),
+                                 413)["detail"]
+        assert await snapshot(buyer, order_id) == before
+
+        accepted = await buyer.post(acceptance, raw=b" {} ", expect=200)
+        assert accepted["state"] == "completed"
+
+
+async def test_strict_body_not_sent_as_JSON_is_415_and_does_not_use_its_idempotency_key() -> None:
+    async with Harness() as h:
+        service = await h.start_instance()
+        buyer = h.client(service, "buyer-1", "buyer")
+        payload = json.dumps(ORDER).encode()
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", "application/octet-stream"):
+            body = await buyer.post("/orders", raw=payload,
+                                    headers={"Content-Type": content_type, "Idempotency-Key": "k-415"})
+            refused = problem(buyer, body, 415)
+            assert refused["content_type"] == content_type and "application/json" in refused["detail"]
+        assert (await buyer.get("/orders", expect=200))["orders"] == []
+        # A JSON media type with its parameters, or a +json one, is JSON; the key was not used up.
+        placed = await buyer.post("/orders", raw=payload, expect=201,
+                                  headers={"Content-Type": "application/json; charset=utf-8",
+                                           "Idempotency-Key": "k-415"})
+        assert [o["id"] for o in (await buyer.get("/orders", expect=200))["orders"]] == [placed["id"]]
+
+
+async def test_strict_body_a_member_named_twice_is_422_and_places_nothing() -> None:
+    async with Harness() as h:
+        service = await h.start_instance()
+        buyer = h.client(service, "buyer-1", "buyer")
+        fields = ", ".join(f'"{k}": {json.dumps(v)}' for k, v in ORDER.items())
+        body = await buyer.post("/orders", raw=f'{{{fields}, "seller_id": "someone-else"}}'.encode())
+        refused = problem(buyer, body, 422)
+        assert [e["field"] for e in refused["errors"]] == ["seller_id"] and "more than once" in refused["detail"]
+        assert (await buyer.get("/orders", expect=200))["orders"] == []
 
 
 NOT_BOOLEANS = ("yes", "no", "true", "false", "", 1, 0, None, [True], {"value": True})
@@ -287,6 +352,41 @@ async def test_strict_an_amount_on_the_bus_is_ASCII_digits_with_at_most_two_deci
                         subject="bus-amount")
         [placed] = await h.probe.wait_for("order.placed", lambda m: m.subject == "bus-amount")
         assert placed.data["price"] == {"amount": "59.99", "currency": "EUR"}
+
+
+async def test_strict_bus_data_an_integer_or_a_boolean_of_another_JSON_type_is_dead_lettered_invalid() -> None:
+    """The bus reads `data` as strictly as HTTP reads a body: `true` is not a one-day delivery."""
+    async with Harness() as h:
+        await h.start_instance()
+        command = {"order_id": "bus-days", "buyer_id": "buyer-1", "seller_id": "seller-1", "gig_id": "gig-1",
+                   "price": {"amount": "59.99", "currency": "EUR"}}
+        wrong = ("3", 3.0, True)
+        for days in wrong:
+            await h.publish("command.order.place", {**command, "delivery_days": days}, subject="bus-days")
+        dead = await h.dead_letters("core", count=len(wrong))
+        assert [header(d, "x-rescenter-reason") for d in dead] == ["invalid"] * len(wrong)
+        assert all("delivery_days" in header(d, "x-rescenter-error") for d in dead)
+        await h.publish("command.order.place", {**command, "delivery_days": 3}, subject="bus-days")
+        [placed] = await h.probe.wait_for("order.placed", lambda m: m.subject == "bus-days")
+        assert placed.data["delivery_days"] == 3
+
+
+async def test_a_command_routed_by_another_key_than_its_type_is_dead_lettered_unhandled_and_changes_nothing() \
+        -> None:
+    """The broker delivers by routing key (and the senders' permissions are per type): a body of
+    another type than its key is not acted on."""
+    async with Harness() as h:
+        service = await h.start_instance()
+        command = {"order_id": "bus-key", "buyer_id": "buyer-1", "seller_id": "seller-1", "gig_id": "gig-1",
+                   "price": {"amount": "59.99", "currency": "EUR"}, "delivery_days": 3}
+        await h.publish("command.order.place", command, subject="bus-key", routing_key="command.order.accept")
+        [dead] = await h.dead_letters("core")
+        assert header(dead, "x-rescenter-reason") == "unhandled"
+        assert "command.order.accept" in header(dead, "x-rescenter-error")
+        await h.probe.settle(0.3)
+        assert h.probe.of_type("order.placed") == []
+        support = h.client(service, "support-1", "support")
+        problem(support, await support.get("/orders/bus-key"), 404)
 
 
 # ---------------------------------------------------------------- ORD-1

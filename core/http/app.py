@@ -16,10 +16,10 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from core.errors import RescenterError
+from core.errors import RescenterError, UnsupportedMediaType
 from core.http.auth import Authenticator, Principal
 from core.http.idempotency import IdempotencyKeys, IdempotentRequest, Replay, idempotent_request
-from core.http.routes import Call, Route, admit, parse_body
+from core.http.routes import CHANGES, Call, Route, admit, parse_body, refuse_body
 from core.messages import REQUEST_ID
 
 log = structlog.get_logger("rescenter.http")
@@ -146,6 +146,24 @@ async def problems_middleware(request: web.Request, handler: Any) -> web.StreamR
         metrics.http_seconds.labels(route).observe(time.perf_counter() - started)
 
 
+def _is_json(media_type: str) -> bool:
+    kind, _, subtype = media_type.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+async def read_body(request: web.Request, route: Route) -> None:
+    """What every change checks of its body before its own model does: at most
+    `http.max_body_bytes` (413), sent as JSON when there is one (415), and none at all (or
+    `{}`) on a route that takes none (422)."""
+    raw = await request.read()
+    if raw.strip() and not _is_json(request.content_type):
+        raise UnsupportedMediaType(
+            f"the body must be sent as application/json, not {request.headers.get('Content-Type', 'untyped')}",
+            content_type=request.headers.get("Content-Type"))
+    if route.body is None:
+        refuse_body(raw)
+
+
 def _wrap(route: Route, authenticator: Authenticator) -> Any:
     async def handle(request: web.Request) -> web.StreamResponse:
         services = request.app[SERVICES]
@@ -154,6 +172,8 @@ def _wrap(route: Route, authenticator: Authenticator) -> Any:
             principal = authenticator.authenticate(request.headers.get("Authorization"))
             CALLER.set(principal)
         admit(route, services, principal)
+        if route.method in CHANGES:
+            await read_body(request, route)
         body = await parse_body(request, route.body) if route.body is not None else None
         idempotent = None
         if principal is not None:

@@ -232,6 +232,8 @@ async def advance_clock(call: Call) -> dict[str, Any]:
 async def order_deadlines(call: Call) -> dict[str, Any]:
     order_id = call.match["order_id"]
     docs = await call.services.scheduler.for_subject(order_id)
+    if not docs:
+        await call.services.orders.get(order_id)  # an unknown order is a 404, not an empty list
     keep = ("owner", "kind", "due_at", "state", "fired_at", "attempts")
     return {"order_id": order_id, "deadlines": [{"id": d["_id"], **{k: d.get(k) for k in keep}} for d in docs]}
 
@@ -300,7 +302,10 @@ LIST_QUERY = (
 def core_routes() -> list[Route]:
     order = ("orders",)
     return [
-        Route("POST", "/orders", place_order, "Place an order; every enabled plugin is asked first.",
+        Route("POST", "/orders", place_order,
+              "Place an order; every enabled plugin is asked first (ORD-5: one refusal refuses, 409 with "
+              "`plugin` and `plugin_rule`). An order from oneself (`buyer_id` = `seller_id`) is refused "
+              "before any plugin is asked (409 `ORD-5`, without `plugin`).",
               roles=frozenset({"buyer", "support", "admin", "service"}), body=PlaceOrderBody, response=Order, status=201,
               rules=("ORD-1", "ORD-5"), tags=order),
         Route("GET", "/orders", list_orders,
@@ -328,7 +333,9 @@ def core_routes() -> list[Route]:
         Route("POST", "/orders/{order_id}/cancellation", cancel, "Support cancels an order.",
               roles=frozenset({"support", "admin", "service"}), body=CancelBody, response=Order,
               rules=("ORD-1",), tags=order),
-        Route("GET", "/orders/{order_id}/deadlines", order_deadlines, "The order's deadlines (staff).",
+        Route("GET", "/orders/{order_id}/deadlines", order_deadlines,
+              "The order's deadlines (staff). The same for a seller's: `seller:<seller_id>` in place of the "
+              "order id (availability's away periods). 404: no such order and no deadline with that subject.",
               roles=frozenset({"support", "admin", "service"}), response=OrderDeadlines, tags=order),
         Route("GET", "/admin/plugins", list_plugins, "Plugins: loaded, failed, on or off.",
               roles=frozenset({"admin", "support"}), response=PluginList, tags=("admin",)),

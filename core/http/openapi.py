@@ -2,9 +2,9 @@
 
 Every operation describes its answer (the route's response model) and every
 problem it can answer: those its declaration implies (a token: 401 and 403; a
-path parameter: 404; a change: 409; a body: 413 and 422; a plugin's route: 503)
-and those the route adds in `responses` (where None drops an implied one that
-the route never answers). Anything else (500, an outage's 503)
+path parameter: 404; a change: 409, 413, 415 and 422; a query: 422; a plugin's
+route: 503) and those the route adds in `responses` (where None drops an
+implied one that the route never answers). Anything else (500, an outage's 503)
 is the `default` problem.
 """
 
@@ -18,11 +18,10 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from core.http.responses import Problem
-from core.http.routes import QueryParam, Route
+from core.http.routes import CHANGES, QueryParam, Route
 
 REF = "#/components/schemas/{model}"
 PROBLEM_TYPE = "application/problem+json"
-CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 AUTH = (
     "A JWT in `Authorization: Bearer <token>`.\n\n"
@@ -49,8 +48,10 @@ IMPLIED = {
     "409": "Refused by a business rule (`rule` names it) or by the resource's state; or a concurrent change "
            "won and the call may be repeated.",
     "413": "The body is larger than `http.max_body_bytes`.",
-    "422": "Invalid input: the body (strict: unknown fields are refused; `errors` lists each field), a query "
-           "parameter or a header.",
+    "415": "A body sent with a `Content-Type` other than `application/json` (or another `+json` type).",
+    "422": "Invalid input: the body (strict: unknown fields are refused, `errors` lists each field; not valid "
+           "JSON, or an object naming a member twice; on an operation without a request body, any body but "
+           "none or `{}`), a query parameter or a header.",
 }
 
 
@@ -92,10 +93,8 @@ def implied_problems(route: Route) -> dict[str, str]:
     if "{" in route.path:
         statuses.append("404")
     if route.method in CHANGES:
-        statuses.append("409")
-    if route.body is not None:
-        statuses.append("413")
-    if route.body is not None or route.query or (route.method in ("POST", "PUT", "PATCH") and route.roles is not None):
+        statuses += ["409", "413", "415"]  # every change reads its body, whether it takes one or not
+    if route.body is not None or route.query or route.method in CHANGES:
         statuses.append("422")
     problems = {status: IMPLIED[status] for status in statuses}
     if route.plugin != "core":
@@ -194,8 +193,9 @@ def openapi_document(routes: list[Route]) -> dict[str, Any]:
             "version": "0.1.0",
             "description": "Order resolution service of a freelance marketplace. Every answer is described "
             "by its schema, which lists every field it may carry; every error is RFC 9457 problem+json "
-            "(`Problem`), and a refusal by a business rule names it in `rule`. Bodies are strict (unknown "
-            "fields are refused) and size-limited. Authentication: see the `bearer` security scheme.",
+            "(`Problem`), and a refusal by a business rule names it in `rule`. Bodies are JSON "
+            "(`application/json`), strict (unknown fields, and a member named twice, are refused; an operation "
+            "without a request body takes none, or `{}`) and size-limited. Authentication: see the `bearer` security scheme.",
         },
         "paths": dict(sorted(paths.items())),
         "components": {

@@ -66,7 +66,10 @@ class Order(View):
     delivery_days: int
     extra_revisions: int | None = Field(default=None, description="Extra revisions agreed on (DSP-8).")
     placed_at: datetime
-    placement_id: str = Field(description="The Idempotency-Key or message id the order was placed with, else its id.")
+    placement_id: str = Field(description=(
+        "What the placement is deduplicated on: the bus command's message id; over HTTP with an "
+        "`Idempotency-Key`, `http:` and a digest of the caller, the key, the route and the body (so two "
+        "callers' equal keys never meet; it is not the key itself); else the order's id."))
     late: bool = Field(description="Not delivered by `due_at` (ORD-2); stays true once set.")
     late_at: datetime | None = None
     requirements: str | None = None

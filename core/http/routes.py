@@ -22,6 +22,8 @@ from core.messages import Actor
 
 Handler = Callable[["Call"], Awaitable[Any]]
 
+#: the methods that change something: their bodies are checked (core.http.app.read_body)
+CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 ALL_ROLES = frozenset({"buyer", "seller", "support", "admin", "service"})
 STAFF = frozenset({"support", "admin", "service"})
 SUPPORT = frozenset({"support", "admin"})
@@ -123,12 +125,27 @@ async def parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
     return validate_body(model, await request.read() or b"null")
 
 
+def _members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = [name for name, _ in pairs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        # JSON parsers disagree on which one wins (RFC 8259 §4): refuse rather than guess.
+        raise InvalidInput(f"the body names {', '.join(repr(n) for n in repeated)} more than once",
+                           errors=[{"field": n, "message": "member given more than once"} for n in repeated])
+    return dict(pairs)
+
+
+def read_json(raw: bytes) -> Any:
+    """The body as JSON: valid, and no object naming a member twice."""
+    try:
+        return json.loads(raw, object_pairs_hook=_members)
+    except ValueError:  # UnicodeDecodeError too
+        raise InvalidInput("the body is not valid JSON") from None
+
+
 def validate_body(model: type[BaseModel], raw: bytes) -> BaseModel:
     """`parse_body` on bytes already read (the console validates its forms here, as JSON)."""
-    try:
-        json.loads(raw)
-    except ValueError:
-        raise InvalidInput("the body is not valid JSON") from None
+    read_json(raw)
     try:
         return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
@@ -139,6 +156,23 @@ def validate_body(model: type[BaseModel], raw: bytes) -> BaseModel:
         raise InvalidInput(
             "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors
         ) from None
+
+
+def refuse_body(raw: bytes) -> None:
+    """A route without a body model takes no body: none at all, or an empty JSON object.
+    Anything else (a field, invalid JSON) is refused, so that a body sent to the wrong
+    route (a revision's reason posted to the acceptance) changes nothing."""
+    if not raw.strip():
+        return
+    value = read_json(raw)
+    if value == {}:
+        return
+    if isinstance(value, dict):
+        errors = [{"field": name, "message": "Extra inputs are not permitted"} for name in value]
+        raise InvalidInput("this request takes no body: " + "; ".join(f"{e['field']}: {e['message']}"
+                                                                         for e in errors), errors=errors)
+    raise InvalidInput("this request takes no body: send none, or {}", errors=[
+        {"field": "body", "message": "no body expected"}])
 
 
 def page_limit(raw: str | None, *, default: int, maximum: int) -> int:
