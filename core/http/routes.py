@@ -8,6 +8,7 @@ its strict request body model, and the rules it enforces.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,13 +127,13 @@ async def parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
 
 
 def _members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    names = [name for name, _ in pairs]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
+    members = dict(pairs)
+    if len(members) < len(pairs):
+        repeated = sorted(name for name, count in Counter(name for name, _ in pairs).items() if count > 1)
         # JSON parsers disagree on which one wins (RFC 8259 §4): refuse rather than guess.
         raise InvalidInput(f"the body names {', '.join(repr(n) for n in repeated)} more than once",
                            errors=[{"field": n, "message": "member given more than once"} for n in repeated])
-    return dict(pairs)
+    return members
 
 
 def read_json(raw: bytes) -> Any:
