@@ -8,8 +8,18 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import date, datetime
+from typing import Any
 
 import structlog
+
+
+def _log_value(value: Any) -> Any:
+    """Values JSON has no type for: times as ISO 8601 (never a Python repr), the rest as text;
+    a log line must never fail to render."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return str(value)
 
 
 def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
@@ -19,7 +29,7 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer(default=_log_value) if json else structlog.dev.ConsoleRenderer()
     )
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],

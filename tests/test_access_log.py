@@ -108,3 +108,38 @@ async def test_DSP_7_the_events_a_request_causes_carry_its_request_id_through_th
         assert (command.requestid, extended.requestid) == ("req-accept-7", "req-accept-7")
         requirements = h.probe.of_type("order.requirements_submitted", order["id"])
         assert requirements[0].requestid not in (None, "req-order-7", "req-accept-7")
+
+
+async def test_DSP_10_the_resolution_centers_lines_keep_the_requests_id_and_name_the_dispute_request_apart(
+        log_lines: list[dict[str, Any]]) -> None:
+    """Searching the log by X-Request-Id finds the plugin's own lines too: a resolution-center
+    request's id is `dispute_request_id`, never in place of the HTTP request's `request_id`."""
+    async with Harness() as h:
+        service = await h.start_instance()
+        buyer, seller = h.client(service, "buyer-8", "buyer"), h.client(service, "seller-8", "seller")
+        order = await buyer.post("/orders", {**ORDER, "seller_id": "seller-8"}, expect=201)
+        await buyer.post(f"/orders/{order['id']}/requirements", {"requirements": "a logo"}, expect=200)
+        opened = await seller.post(f"/orders/{order['id']}/resolution/requests",
+                                   {"kind": "extension_request", "days": 2, "reason": "More variants."},
+                                   expect=201, headers={"X-Request-Id": "req-open-8"})
+        await buyer.post(f"/orders/{order['id']}/resolution/requests/{opened['id']}/answer",
+                         {"answer": "accept"}, expect=200, headers={"X-Request-Id": "req-answer-8"})
+        lines = {line["event"]: line for line in log_lines if line.get("dispute_request_id") == opened["id"]}
+        assert lines["request opened"]["request_id"] == "req-open-8"
+        assert lines["request answered"]["request_id"] == "req-answer-8"
+
+
+def test_a_time_in_a_log_line_is_ISO_8601_not_a_python_repr(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    from datetime import UTC, datetime
+
+    from core.logging import configure_logging
+
+    configure_logging("INFO", json=True)
+    try:
+        structlog.get_logger("tests").info("request opened", answer_by=datetime(2026, 12, 3, 8, 0, tzinfo=UTC))
+        line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers[:] = []
+    assert line["answer_by"] == "2026-12-03T08:00:00+00:00"

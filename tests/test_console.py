@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.harness import Harness
+from tests.harness import ORDER, Harness
 from tests.test_access_log import log_lines  # noqa: F401  (a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,6 +176,30 @@ async def test_MET_1_the_policy_what_if_page_replays_as_the_JSON_route_does_and_
             form = {"set": "policy.metrics.no_such_key=1", "csrf_token": await support.csrf("/console/policy")}
             status, html, _ = await support.post("/console/policy", form)
             assert status == 422 and "<h1>Invalid input</h1>" in html and "no_such_key" in html
+            # A key given twice is refused, as the route refuses a member named twice: no silent last one.
+            form = {"set": "policy.metrics.completion_window=P90D\npolicy.metrics.completion_window=P30D",
+                    "csrf_token": await support.csrf("/console/policy")}
+            status, html, _ = await support.post("/console/policy", form)
+            assert status == 422 and "set twice" in html
         finally:
             await support.close()
             await buyer.close()
+
+
+async def test_ORD_4_the_order_page_says_a_delivery_completes_itself_only_while_it_waits_for_the_buyer() -> None:
+    async with Harness() as h:
+        service = await h.start_instance()
+        buyer, seller = h.client(service, "bob", "buyer"), h.client(service, "sue", "seller")
+        order_id = (await buyer.post("/orders", {**ORDER, "seller_id": "sue"}, expect=201))["id"]
+        await buyer.post(f"/orders/{order_id}/requirements", {"requirements": "a logo"}, expect=200)
+        await seller.post(f"/orders/{order_id}/deliveries", {"message": "done"}, expect=200)
+        support = Browserless(f"http://127.0.0.1:{service.port}")
+        try:
+            await support.sign_in(h.token("sam", "support"))
+            status, html = await support.page(f"/console/orders/{order_id}")
+            assert status == 200 and "Completes itself" in html
+            await buyer.post(f"/orders/{order_id}/acceptance", expect=200)
+            status, html = await support.page(f"/console/orders/{order_id}")
+            assert status == 200 and "completed" in html and "Completes itself" not in html
+        finally:
+            await support.close()

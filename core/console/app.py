@@ -361,6 +361,8 @@ async def policy_what_if(request: web.Request) -> web.StreamResponse:
             key, sep, value = line.partition("=")
             if not sep:
                 raise InvalidInput(f"{line.strip()!r}: write each change as KEY=VALUE", field="set")
+            if key.strip() in changes:  # as the route refuses a member named twice
+                raise InvalidInput(f"{key.strip()!r} is set twice: give each key once", field="set")
             changes[key.strip()] = value.strip()
     body: dict[str, Any] = {"set": changes}
     if form.get("at", "").strip():

@@ -103,7 +103,7 @@ class ResolutionCenter:
         request = (written or {}).get("requests", {}).get(request_id)
         if request is None or request["fingerprint"] != fingerprint:
             raise InvalidInput("this Idempotency-Key was used for a different request", order_id=order_id)
-        log.info("request opened", order_id=order_id, request_id=request_id, kind=kind, by=party,
+        log.info("request opened", order_id=order_id, dispute_request_id=request_id, kind=kind, by=party,
                  answer_by=request["answer_by"])
         return rules.request_view(request, party or "support")
 
@@ -120,7 +120,7 @@ class ResolutionCenter:
         written, decision = await self._write(order_id, decide, message_id=idempotency_key)
         request = rules.find_request(written, request_id)
         if decision is not None:
-            log.info("request answered", order_id=order_id, request_id=request_id, kind=request["kind"],
+            log.info("request answered", order_id=order_id, dispute_request_id=request_id, kind=request["kind"],
                      answer=request["state"], order_change=request.get("order_change"))
         return rules.request_view(request, party or "support")
 
@@ -136,7 +136,7 @@ class ResolutionCenter:
         written, decision = await self._write(order_id, decide, message_id=idempotency_key)
         request = rules.find_request(written, request_id)
         if decision is not None:
-            log.info("request withdrawn", order_id=order_id, request_id=request_id, kind=request["kind"])
+            log.info("request withdrawn", order_id=order_id, dispute_request_id=request_id, kind=request["kind"])
         return rules.request_view(request, party or "support")
 
     # ------------------------------------------------------------ deadlines and events
@@ -153,7 +153,7 @@ class ResolutionCenter:
         written, decision = await self._write(deadline.subject, decide, message_id=deadline.id)
         if decision is not None and not decision.empty and written is not None:
             request = written["requests"][request_id]
-            log.info("answer window ended in silence", order_id=deadline.subject, request_id=request_id,
+            log.info("answer window ended in silence", order_id=deadline.subject, dispute_request_id=request_id,
                      kind=request["kind"], outcome=request["outcome"], silent_party=request["to_party"])
 
     async def on_order_final(self, envelope: Envelope, data: Any) -> None:

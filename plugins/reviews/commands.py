@@ -125,7 +125,7 @@ class Reviews:
         entry = {"request_id": str(getattr(data, "request_id", mid)),
                  "at": fact_time(expired_at) if isinstance(expired_at, datetime) else at}
         await self.repo.record_order_fact(data.order_id, push("seller_silences", entry), message_id=mid)
-        log.info("seller silence recorded", order_id=data.order_id, request_id=entry["request_id"])
+        log.info("seller silence recorded", order_id=data.order_id, dispute_request_id=entry["request_id"])
 
     # ------------------------------------------------------------ REV-9: the eligibility query
 
