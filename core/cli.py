@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.commands import Command, CommandContext
-from core.settings import Settings, SettingsError, load_settings
+from core.settings import Settings, SettingsError, load_settings, printable
 
 if TYPE_CHECKING:
     from core.clock import Clock
@@ -41,9 +41,23 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 CORE_COMMANDS = frozenset({"run", "plugins", "docs", "token", "check-config", "demo", "policy", "dead-letters"})
 
 
+def _token_refusal(sub: str, roles: list[str], ttl: int) -> str | None:
+    from core.http.routes import ALL_ROLES
+
+    if not sub.strip():
+        return "SUB must be a user id, not empty"
+    unknown = sorted(set(roles) - ALL_ROLES)
+    if unknown:
+        return f"unknown role(s) {', '.join(unknown)}: the roles are {', '.join(sorted(ALL_ROLES))}"
+    if ttl <= 0:
+        return f"--ttl must be a positive number of seconds (got {ttl}): the token would be expired already"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rescenter", description="Order resolution service.")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the service")
     plugins = sub.add_parser("plugins", help="list or switch plugins")
@@ -105,10 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "token":
         from core.http.auth import issue_token
 
+        refusal = _token_refusal(args.sub, args.roles, args.ttl)
+        if refusal:  # the service would refuse such a token: say so now, not with a 401 later
+            print(f"rescenter token: {refusal}", file=sys.stderr)
+            return 2
         print(issue_token(settings.auth, args.sub, args.roles, ttl=args.ttl))
         return 0
     if args.command == "check-config":
-        print(settings.model_dump_json(indent=2, exclude={"auth": {"secret"}}))
+        print(printable(settings))
         return 0
     if args.command == "demo":
         return asyncio.run(_demo(settings, args.url))

@@ -7,14 +7,17 @@ the start with a message that names the key (`SettingsError`).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import tomllib
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -27,6 +30,9 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
+)
+from pydantic_settings import (
+    SettingsError as PydanticSettingsError,
 )
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "defaults.toml"
@@ -43,7 +49,23 @@ def _iso_8601_only(value: object) -> object:
     return value
 
 
-Duration = Annotated[timedelta, BeforeValidator(_iso_8601_only)]
+def _above_zero(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be longer than zero, e.g. P3D or PT0.5S (a negative window would close "
+                         "before it opened)")
+    return value
+
+
+def _not_negative(value: timedelta) -> timedelta:
+    if value < timedelta(0):
+        raise ValueError("must not be negative (PT0S: none at all)")
+    return value
+
+
+#: a window or an interval: more than nothing
+Duration = Annotated[timedelta, BeforeValidator(_iso_8601_only), AfterValidator(_above_zero)]
+#: a delay or a threshold, where none at all is a meaningful choice
+NonNegativeDuration = Annotated[timedelta, BeforeValidator(_iso_8601_only), AfterValidator(_not_negative)]
 
 
 class _Section(BaseModel):
@@ -99,8 +121,8 @@ class BusSettings(_Section):
     queue_prefix: str = Field("rescenter", min_length=1)
     prefetch: int = Field(64, ge=1, le=65535)
     delivery_limit: int = Field(5, ge=1)
-    retry_delay: Duration = timedelta(seconds=0.2)
-    shutdown_grace: Duration = timedelta(seconds=10)
+    retry_delay: NonNegativeDuration = timedelta(seconds=0.2)
+    shutdown_grace: NonNegativeDuration = timedelta(seconds=10)
     unrouted_max_length: int = Field(100_000, ge=1)
     authorization: BusAuthorization = BusAuthorization()
 
@@ -189,8 +211,8 @@ class DisputePolicy(_Section):
 
 
 class ReviewPolicy(_Section):
-    late_threshold: Duration = timedelta(hours=24)  # REV-1
-    unanswered_threshold: Duration = timedelta(hours=24)  # REV-1
+    late_threshold: NonNegativeDuration = timedelta(hours=24)  # REV-1
+    unanswered_threshold: NonNegativeDuration = timedelta(hours=24)  # REV-1
     min_completed_orders: int = Field(1, ge=0)  # REV-2
     review_window: Duration = timedelta(days=5)  # REV-4
 
@@ -201,10 +223,16 @@ class SuccessScoreWeights(_Section):  # MET-4
     answers_within_deadline: float = Field(0.15, ge=0)
     review_rating: float = Field(0.15, ge=0)
 
+    @model_validator(mode="after")
+    def _some_weight(self) -> SuccessScoreWeights:
+        if not any(self.model_dump().values()):
+            raise ValueError("every weight is 0: the success score would have nothing to weigh")
+        return self
+
 
 class MetricsPolicy(_Section):
     completion_window: Duration = timedelta(days=60)  # MET-1
-    mutual_cancel_reorder_window: Duration = timedelta(days=14)  # MET-2
+    mutual_cancel_reorder_window: NonNegativeDuration = timedelta(days=14)  # MET-2
     success_score_weights: SuccessScoreWeights = SuccessScoreWeights()
 
 
@@ -282,11 +310,62 @@ def load_settings(**overrides: object) -> Settings:
     config_file = os.environ.get("RESCENTER_CONFIG")
     if config_file and not Path(config_file).is_file():
         raise SettingsError(f"RESCENTER_CONFIG: no such file {config_file!r}")
+    _refuse_unknown_sections(os.environ)
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            key = ".".join(str(part) for part in error["loc"]) or "settings"
-            lines.append(f"  {key}: {error['msg']} (got {error.get('input')!r})")
+            key = ".".join(str(part) for part in error["loc"])
+            shown = _shown(key, error.get("input"))
+            lines.append(f"  {key + ': ' if key else ''}{error['msg']}{f' (got {shown})' if shown else ''}")
         raise SettingsError("invalid configuration:\n" + "\n".join(lines)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{config_file or DEFAULT_CONFIG}: not valid TOML: {exc}") from None
+    except PydanticSettingsError as exc:  # a list or table in a variable that is not JSON
+        section = str(exc).split('"')[1] if '"' in str(exc) else "?"
+        names = sorted(name for name in os.environ if name.startswith(f"RESCENTER_{section.upper()}__"))
+        raise SettingsError(
+            f"{', '.join(names) or 'RESCENTER_' + section.upper()}: a list or a table in a variable is written "
+            f"as JSON, e.g. RESCENTER_PLUGINS__ENABLED='[\"disputes\", \"reviews\"]'") from None
+
+
+SECRET_WORDS = ("secret", "password", "token")
+
+
+def redact(value: str) -> str:
+    """A URL without its password (amqp://user:***@host): safe to print or log."""
+    parts = urlsplit(value)
+    if parts.password is None:
+        return value
+    return value.replace(f":{parts.password}@", ":***@", 1)
+
+
+def printable(settings: Settings) -> str:
+    """The settings as `rescenter check-config` prints them: no secret, no password in a URL."""
+    shown = settings.model_dump(mode="json", exclude={"auth": {"secret"}})
+    shown["bus"]["url"] = redact(shown["bus"]["url"])
+    shown["bus"]["urls"] = [redact(url) for url in shown["bus"]["urls"]]
+    shown["store"]["url"] = redact(shown["store"]["url"])
+    return json.dumps(shown, indent=2)
+
+
+def _shown(key: str, value: object) -> str | None:
+    """The refused value, when printing it tells the operator something and gives nothing
+    away: never a whole section (it would hold the secrets), nor a secret, nor a password."""
+    if not key or isinstance(value, dict | list) or any(word in key.lower() for word in SECRET_WORDS):
+        return None
+    if isinstance(value, str) and "://" in value:
+        return repr(redact(value))
+    return repr(value)
+
+
+def _refuse_unknown_sections(environ: os._Environ[str] | dict[str, str]) -> None:
+    """`RESCENTER_POLCY__ORDERS__...` would be ignored without a word: a nested variable must
+    name a section. (A variable without `__` may belong to the tools: RESCENTER_URL, ...)"""
+    sections = set(Settings.model_fields)
+    unknown = sorted(name for name in environ if name.startswith("RESCENTER_") and "__" in name
+                     and name.removeprefix("RESCENTER_").split("__")[0].lower() not in sections)
+    if unknown:
+        raise SettingsError(f"{', '.join(unknown)}: no such section; the sections are "
+                            f"{', '.join(sorted(sections))} (RESCENTER_<SECTION>__<KEY>)")

@@ -142,6 +142,55 @@ def test_check_config_prints_the_configuration_without_the_secret() -> None:
     assert DEV_SECRET not in result.stdout
 
 
+def test_a_refused_configuration_never_prints_a_secret_or_a_password() -> None:
+    """The errors name the key; the value only when it tells something and gives nothing away."""
+    secret, password = "TOPSECRET-" + "x" * 40, "Sup3rPass"
+    result = _cli("check-config", RESCENTER_SERVICE__ENVIRONMENT="production", RESCENTER_AUTH__SECRET=secret,
+                  RABBITMQ_URL=f"amqp://svc:{password}@mq/")
+    assert result.returncode == 2 and "require_user_id" in result.stderr, result
+    short = _cli("check-config", RESCENTER_AUTH__SECRET="short-and-known")
+    assert short.returncode == 2 and "auth.secret" in short.stderr and "short-and-known" not in short.stderr
+    bad_url = _cli("check-config", RESCENTER_BUS__URL=f"amqp://svc:{password}@mq/", RESCENTER_BUS__PREFETCH="0")
+    printed = _cli("check-config", RESCENTER_BUS__URL=f"amqp://svc:{password}@mq/")
+    assert printed.returncode == 0 and "amqp://svc:***@mq/" in printed.stdout
+    for output in (result.stderr, bad_url.stderr, printed.stdout):
+        assert secret not in output and password not in output
+
+
+@pytest.mark.parametrize(("env", "words"), [
+    ({"RESCENTER_POLICY__ORDERS__AUTO_COMPLETE_AFTER": "-P3D"}, "policy.orders.auto_complete_after"),
+    ({"RESCENTER_POLICY__DISPUTES__UPDATE_REQUEST_WINDOW": "PT0S"}, "update_request_window"),
+    ({"RESCENTER_SCHEDULER__POLL_INTERVAL": "PT0S"}, "scheduler.poll_interval"),
+    ({"RESCENTER_BUS__RETRY_DELAY": "-PT1S"}, "bus.retry_delay"),
+    ({"RESCENTER_POLICY__METRICS__SUCCESS_SCORE_WEIGHTS": json.dumps(
+        {"completion_rate": 0, "on_time_delivery": 0, "answers_within_deadline": 0, "review_rating": 0})},
+     "every weight is 0"),
+    ({"RESCENTER_POLCY__ORDERS__AUTO_COMPLETE_AFTER": "P5D"}, "RESCENTER_POLCY__ORDERS__AUTO_COMPLETE_AFTER"),
+    ({"RESCENTER_PLUGINS__ENABLED": "disputes,reviews"}, "written as JSON"),
+])
+def test_a_value_that_cannot_work_is_refused_with_exit_2_naming_it(env: dict[str, str], words: str) -> None:
+    """A negative window, a zero interval, weights that weigh nothing, a misspelt section or a
+    list not written as JSON: each stops the start with a message, never a traceback."""
+    result = _cli("check-config", **env)
+    assert result.returncode == 2 and words in result.stderr, result
+    assert "Traceback" not in result.stderr
+
+
+def test_a_config_file_that_is_not_TOML_is_named_without_a_traceback(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[bus\nprefetch = 3\n")
+    result = _cli("check-config", RESCENTER_CONFIG=str(broken))
+    assert result.returncode == 2 and f"{broken}: not valid TOML" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_token_refuses_what_the_service_would_refuse() -> None:
+    for args, words in ((("alice", "wizard"), "unknown role"), (("", "buyer"), "SUB"),
+                        (("alice", "buyer", "--ttl", "-5"), "--ttl")):
+        result = _cli("token", *args)
+        assert result.returncode == 2 and words in result.stderr and result.stdout == "", (args, result)
+    assert _cli("token", "alice", "buyer", "seller").returncode == 0
+
+
 def test_production_refuses_the_test_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RESCENTER_SERVICE__ENVIRONMENT", "production")
     monkeypatch.setenv("RESCENTER_AUTH__SECRET", A_REAL_SECRET)
