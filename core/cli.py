@@ -101,7 +101,15 @@ def main(argv: list[str] | None = None) -> int:
         settings_error = None
     except SettingsError as exc:  # reported once the arguments are parsed (--help still works)
         settings, settings_error = None, exc
-    plugin_commands = _add_plugin_commands(sub, settings) if settings is not None else {}
+    plugin_commands: dict[str, dict[str, Command]] = {}
+    if settings is not None:
+        declarations = _declarations(settings)
+        try:
+            declarations.check_enabled()  # every command reads the configuration: each refuses a typo
+        except SettingsError as exc:
+            settings, settings_error = None, exc
+        else:
+            plugin_commands = _add_plugin_commands(sub, declarations)
     args = parser.parse_args(argv)
 
     if settings is None:
@@ -227,10 +235,10 @@ def _declarations(settings: Settings) -> PluginRegistry:
     return registry
 
 
-def _add_plugin_commands(sub: Any, settings: Settings) -> dict[str, dict[str, Command]]:
+def _add_plugin_commands(sub: Any, declarations: PluginRegistry) -> dict[str, dict[str, Command]]:
     """`rescenter <plugin> <command>` for every command a plugin declares."""
     declared: dict[str, dict[str, Command]] = {}
-    for result in _declarations(settings).call_each("register_commands"):
+    for result in declarations.call_each("register_commands"):
         if result.plugin in CORE_COMMANDS:
             print(f"rescenter: the commands of plugin {result.plugin!r} are ignored: the name is a core command",
                   file=sys.stderr)
@@ -352,10 +360,17 @@ async def _run(settings: Settings) -> int:
 
 
 async def _plugins(settings: Settings, action: str, name: str | None) -> int:
-    """Admin tasks straight on the store: running instances follow within seconds."""
-    from core.clock import utcnow
+    """Admin tasks straight on the store: running instances follow within seconds. A switch is
+    the one `PUT /admin/plugins/{name}` makes (PluginRegistry.switch): stored with its
+    `plugin.switched` event, announced once, and not at all if the plugin already is so."""
+    import getpass
+
+    from core.bus import Bus
+    from core.messages import Actor, core_catalogue
     from core.metrics import Metrics
+    from core.outbox import Outbox
     from core.plugins import STATES, PluginRegistry
+    from core.scheduler import Scheduler
     from core.store import Store
 
     store = Store(settings.store.url, settings.store.database)
@@ -376,12 +391,25 @@ async def _plugins(settings: Settings, action: str, name: str | None) -> int:
         if name not in registry.modules:
             print(f"rescenter: no plugin named {name!r} is loaded", file=sys.stderr)
             return 1
-        await store.collection(STATES).update_one(
-            {"_id": name},
-            {"$set": {"enabled": action == "enable", "changed_at": utcnow(), "changed_by": "cli"}},
-            upsert=True,
-        )
-        print(f"{name}: {'on' if action == 'enable' else 'off'} (running instances follow within "
+        bus = Bus(settings.bus, core_catalogue(), registry.metrics)
+        try:
+            await bus.connect()
+        except Exception as exc:  # the event is stored with the switch: an instance's sweeper publishes it
+            print(f"rescenter: the broker does not answer ({exc!r}); plugin.switched is announced later",
+                  file=sys.stderr)
+        clock = await _clock(settings, store)
+        outbox = Outbox(store, bus, Scheduler(store, clock, settings.scheduler, registry.metrics, "cli", set),
+                        settings.outbox, registry.metrics)
+        try:
+            changed = await registry.switch(name, action == "enable",
+                                            Actor(id=f"cli:{getpass.getuser()}", role="admin"), outbox, clock)
+        finally:
+            await bus.close()
+        state = "on" if action == "enable" else "off"
+        if not changed:
+            print(f"{name}: already {state}; nothing changed")
+            return 0
+        print(f"{name}: {state} (running instances follow within "
               f"{settings.plugins.poll_interval.total_seconds():g} s)")
         return 0
     finally:

@@ -2,7 +2,9 @@
 
 Built-in plugins register exactly like outside ones: from `DEFAULT_PLUGINS`,
 then modules named in `plugins.extra`, then the `rescenter.plugins` entry-point
-group. Each loads alone: one that fails is reported and the others run.
+group. Each loads alone: one that fails to import, or whose hook raises while the
+instance starts (or the command line reads what plugins declare), is reported and
+the others run. A name in `plugins.enabled` that is no plugin is refused.
 
 Whether a plugin is on is kept in MongoDB (`plugin_states`), so admins switch
 it for every instance at once; each instance re-reads it every
@@ -33,8 +35,8 @@ from core.errors import Conflict, NotFound, RuleViolation, Unavailable
 from core.messages import Actor, PlaceOrder, PluginSwitched, make_envelope
 from core.metrics import Metrics
 from core.outbox import Effect, Outbox
-from core.settings import PluginSettings
-from core.store import Store, unreachable
+from core.settings import PluginSettings, SettingsError
+from core.store import Collection, Store, unreachable
 from core.whatif import PolicyReplay
 
 log = structlog.get_logger("rescenter.plugins")
@@ -81,7 +83,7 @@ class PluginRegistry:
         self.builtin: set[str] = set()
         self.failed: dict[str, str] = {}
         self.enabled: set[str] = set()
-        self.collection = store.collection(STATES)
+        self.store = store
         self.metrics = metrics
         self.listeners: list[SwitchListener] = []
         self._task: asyncio.Task[None] | None = None
@@ -118,20 +120,82 @@ class PluginRegistry:
         if builtin:
             self.builtin.add(name)
 
+    @property
+    def collection(self) -> Collection:
+        """Where the switches are kept; asked for when used, so that plugins load (and a bad
+        `plugins.enabled` is refused) before the store is connected."""
+        return self.store.collection(STATES)
+
     def default_enabled(self, name: str) -> bool:
         return name in self.settings.enabled or name not in self.builtin
+
+    def check_enabled(self) -> None:
+        """Refuse a name in `plugins.enabled` that no plugin has: a typo ("reveiws") would
+        otherwise switch off the built-in plugin it meant, without a word. A plugin that failed
+        to load is known (it is reported as failed), and so are outside ones."""
+        known = set(self.modules) | set(self.failed)
+        unknown = [name for name in self.settings.enabled if name not in known]
+        if unknown:
+            raise SettingsError(f"plugins.enabled: no plugin named {', '.join(map(repr, unknown))}; "
+                                f"the plugins are {', '.join(sorted(known))}")
+
+    def fail(self, name: str, hook_name: str, exc: BaseException) -> None:
+        """Take out a loaded plugin whose start-up hook raised, as if it had not loaded: it is
+        reported with the error (/admin/plugins) and never switched on here, so its consumer
+        does not start, its routes answer 503 and its deadlines wait; the others and the core
+        carry on. Called before the first `refresh`, while no plugin is on yet."""
+        self.failed[name] = f"{hook_name}: {type(exc).__name__}: {exc}"
+        log.error("plugin failed to start; the others run", plugin=name, error=self.failed[name])
+        self.pm.unregister(name=name)
+        del self.modules[name]
+        self.builtin.discard(name)
 
     # ------------------------------------------------------------ calling
 
     def call_each(self, hook_name: str, **kwargs: Any) -> list[HookResult]:
-        """Call a hook on each enabled plugin, keeping who answered what."""
+        """Call a declaring hook on each plugin, keeping who answered what. These are called
+        while an instance starts and while the command line reads what plugins declare: a
+        plugin that raises is failed (`fail`) with nothing of what it declared, and the others
+        run."""
         results = []
-        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
-            args = {name: kwargs[name] for name in impl.argnames}
-            value = impl.function(**args)
+        for impl in self._impls(hook_name):
+            if impl.plugin_name not in self.modules:
+                continue  # failed by its other implementation of this hook
+            try:
+                value = impl.function(**{name: kwargs[name] for name in impl.argnames})
+            except Exception as exc:
+                self.fail(impl.plugin_name, hook_name, exc)
+                continue
+            if value is not None:
+                results.append(HookResult(impl.plugin_name, value))
+        # A plugin failed by its second implementation of the hook keeps nothing of its first either.
+        return [result for result in results if result.plugin in self.modules]
+
+    def ask_each(self, hook_name: str, **kwargs: Any) -> list[HookResult]:
+        """Call a hook on each enabled plugin while serving (ORD-5): what one raises is the
+        caller's to answer, for this call only; it does not fail the plugin."""
+        results = []
+        for impl in self._impls(hook_name):
+            value = impl.function(**{name: kwargs[name] for name in impl.argnames})
             if value is not None:
                 results.append(HookResult(impl.plugin_name, value))
         return results
+
+    def _impls(self, hook_name: str) -> list[Any]:
+        """The hook's implementations in the order pluggy calls them (the last registered first)."""
+        return list(reversed(getattr(self.pm.hook, hook_name).get_hookimpls()))
+
+    async def start_each(self, services: Any) -> None:
+        """The `startup` hook of each plugin, awaited in turn. One that raises is failed
+        (`fail`); a store that does not answer is no plugin's fault, and fails the start as it
+        fails the core's own indexes."""
+        for result in self.call_each("startup", services=services):
+            try:
+                await await_me_maybe(result.value)
+            except Exception as exc:
+                if unreachable(exc):
+                    raise
+                self.fail(result.plugin, "startup", exc)
 
     def policy_replays(self) -> list[PolicyReplay]:
         """What each plugin can replay under another policy (the what-if), with its plugin's name."""
@@ -227,7 +291,7 @@ class PluginRegistry:
     async def ask_vetoes(self, services: Any, command: PlaceOrder) -> None:
         """ORD-5: every enabled plugin is asked about a new order; one refusal refuses it
         (raised as a RuleViolation), and every plugin then undoes what it reserved."""
-        calls = self.call_each("veto_order", services=services, order=command)
+        calls = self.ask_each("veto_order", services=services, order=command)
         answers = await asyncio.gather(*(await_me_maybe(r.value) for r in calls), return_exceptions=True)
         outage = next((a for a in answers if isinstance(a, BaseException) and unreachable(a)), None)
         if outage is not None:
@@ -260,7 +324,7 @@ class PluginRegistry:
         )
 
     async def _undo_placement(self, services: Any, command: PlaceOrder, reason: str) -> None:
-        for undo in self.call_each("order_not_placed", services=services, order=command, reason=reason):
+        for undo in self.ask_each("order_not_placed", services=services, order=command, reason=reason):
             try:
                 await await_me_maybe(undo.value)
             except Exception:

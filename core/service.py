@@ -36,7 +36,7 @@ from core.messages import (
 from core.metrics import Metrics
 from core.orders import AUTO_COMPLETE, LATE, OrderService
 from core.outbox import Outbox
-from core.plugins import STATES, PluginRegistry, await_me_maybe
+from core.plugins import STATES, PluginRegistry
 from core.scheduler import CORE_OWNER, Scheduler
 from core.services import Services
 from core.settings import Settings
@@ -63,14 +63,15 @@ class Service:
         instance = settings.service.instance
         metrics = Metrics()
         store = Store(settings.store.url, settings.store.database, metrics=metrics)
+        plugins = PluginRegistry(settings.plugins, store, metrics)
+        plugins.load()
+        plugins.check_enabled()  # before connecting to anything: a misspelled name stops the start
         await store.connect()
         clock: Clock = TestClock(store.collection("clock")) if settings.clock.mode == "test" else SystemClock()
         if isinstance(clock, TestClock):
             await clock.start()
             log.warning("test clock mode: time is frozen and moves only when an admin advances it")
         catalogue = core_catalogue()
-        plugins = PluginRegistry(settings.plugins, store, metrics)
-        plugins.load()
         for result in plugins.call_each("register_message_types"):
             for message_type in result.value:
                 catalogue.add(dataclasses.replace(message_type, owner=result.plugin))
@@ -112,8 +113,7 @@ class Service:
         await asyncio.gather(scheduler.create_indexes(), orders.create_indexes(), outbox.create_indexes(),
                              self.idempotency.create_indexes())
         await orders.fill_lists()
-        for result in plugins.call_each("startup", services=services):
-            await await_me_maybe(result.value)
+        await plugins.start_each(services)
 
         plugins.listeners.append(self._on_switch)
         await plugins.refresh()
